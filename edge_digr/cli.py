@@ -1,0 +1,51 @@
+"""The `edge-digr` console script: one click group, commands loaded lazily from the module that owns them.
+
+Lazy loading keeps `edge-digr run` torch-free on the Jetson and `--help` fast. Every command module
+must itself import without torch (heavy imports go inside the command functions).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Dict, List, Optional
+
+import click
+
+from edge_digr import __version__
+from edge_digr.errors import UserError
+
+# command name -> "module:attribute"
+COMMANDS: Dict[str, str] = {
+    "demo": "edge_digr.commands:demo",
+    "train-teacher": "edge_digr.commands:train_teacher",
+    "label": "edge_digr.commands:label",
+    "distill": "edge_digr.commands:distill",
+    "evaluate": "edge_digr.commands:evaluate",
+    # commands of the other subsystems are registered here by their owners
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            # User errors are one line, no traceback (the message says what to do).
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-digr")
+def main() -> None:
+    """edge-digr: DIGR policies with fused logits + saliency, from training to the Jetson."""

@@ -1,0 +1,116 @@
+"""Pixel policies built only from layers the fused exporter supports (Conv2d, ReLU, Flatten, Linear, cat).
+
+A policy maps raw 0–255 pixels (and, for some tasks, an extra vector input) to logits (discrete) or the
+action mean (continuous). The same `PixelTrunk` is the SB3 features extractor of the PPO teacher, so a
+teacher's SB3 weights map one-to-one onto a `PixelPolicy`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from edge_digr.tasks import ArchSpec, Task
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    obs_shape: Tuple[int, int, int]
+    n_out: int
+    continuous: bool
+    convs: Tuple[Tuple[int, int, int, int], ...]
+    hidden: Tuple[int, ...]
+    extra_dim: int = 0  # size of the extra vector input (mission), 0 if none
+    extra_name: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PolicyConfig":
+        data = dict(data)
+        data["obs_shape"] = tuple(data["obs_shape"])
+        data["convs"] = tuple(tuple(c) for c in data["convs"])
+        data["hidden"] = tuple(data["hidden"])
+        return cls(**data)
+
+    @classmethod
+    def for_task(cls, task: Task, arch: str = "teacher") -> "PolicyConfig":
+        spec: ArchSpec = {"teacher": task.teacher_arch, "edge": task.edge_arch}[arch]
+        extra = task.extra_inputs[0] if task.extra_inputs else None
+        return cls(obs_shape=tuple(task.obs_shape), n_out=task.action.n, continuous=task.action.continuous,
+                   convs=spec.convs, hidden=spec.hidden,
+                   extra_dim=extra.shape[0] if extra else 0, extra_name=extra.name if extra else "")
+
+
+def conv_output_hw(cfg: PolicyConfig) -> Tuple[int, int]:
+    h, w = cfg.obs_shape[1:]
+    for _, k, s, p in cfg.convs:
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    return h, w
+
+
+class PixelTrunk(nn.Module):
+    """Normalise pixels, broadcast the extra vector as input planes, convolve, flatten, fully connect.
+
+    The extra vector (e.g. the mission) enters as constant planes next to the image, so every conv
+    position can match it against what it sees; its planes carry no saliency (only `obs` is explained).
+    """
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        channels = cfg.obs_shape[0] + cfg.extra_dim
+        for out, k, s, p in cfg.convs:
+            layers += [nn.Conv2d(channels, out, k, stride=s, padding=p), nn.ReLU()]
+            channels = out
+        h, w = conv_output_hw(cfg)
+        if h < 1 or w < 1:
+            raise ValueError(f"conv stack {cfg.convs} leaves no spatial extent for input {cfg.obs_shape}")
+        layers.append(nn.Flatten())
+        width = channels * h * w
+        for hidden in cfg.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.net = nn.Sequential(*layers)
+        self.out_dim = width
+
+    def forward(self, obs: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = obs * (1.0 / 255.0)
+        if self.cfg.extra_dim:
+            _, h, w = self.cfg.obs_shape
+            x = torch.cat([x, extra[:, :, None, None].expand(-1, -1, h, w)], dim=1)
+        return self.net(x)
+
+
+class PixelPolicy(nn.Module):
+    """forward(obs[, extra]) -> logits (N, A) or action mean (N, K)."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = PixelTrunk(cfg)
+        self.head = nn.Linear(self.trunk.out_dim, cfg.n_out)
+
+    def forward(self, obs: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.head(self.trunk(obs, extra))
+
+    def inputs_from(self, arrays: Dict[str, Any], device: Any = "cpu") -> Tuple[torch.Tensor, ...]:
+        """Positional inputs from a dict of named (batched) arrays, in the graph's input order."""
+        names = ["obs"] + ([self.cfg.extra_name] if self.cfg.extra_dim else [])
+        return tuple(torch.as_tensor(arrays[n], dtype=torch.float32, device=device) for n in names)
+
+
+def saliency_target(policy_out: torch.Tensor, continuous: bool) -> torch.Tensor:
+    """The quantity whose input gradient is the deployed saliency (DESIGN.md, "Saliency target").
+
+    Discrete: log π(a*|x) for the greedy action a*, shape (N,). Continuous: the action mean, (N, K), one
+    map per component.
+    """
+    if continuous:
+        return policy_out
+    logp = torch.log_softmax(policy_out, dim=-1)
+    return logp.gather(1, policy_out.argmax(dim=-1, keepdim=True)).squeeze(1)
