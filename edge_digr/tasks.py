@@ -60,6 +60,7 @@ class TrainSpec:
     label_frames: int = 2000
     distill_epochs: int = 30
     eval_episodes: int = 50
+    digr_lambda: float = 1.0  # DIGR/IGR gradient-penalty weight (see docs/RESULTS.md for how it was chosen)
     max_episode_steps: Optional[int] = None
     expected_wall_time: str = ""
 
@@ -129,7 +130,8 @@ def _make_minigrid(seed: Optional[int] = None, render_mode: Optional[str] = None
     _require("minigrid")
     from minigrid.wrappers import RGBImgObsWrapper
 
-    env = gym.make(MINIGRID_ENV_ID, render_mode=render_mode)
+    # No view-cone highlight: the full grid is observed, the cone would only be noise in the pixels.
+    env = gym.make(MINIGRID_ENV_ID, render_mode=render_mode, highlight=False)
     return RGBImgObsWrapper(env, tile_size=MINIGRID_TILE)
 
 

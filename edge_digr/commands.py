@@ -1,0 +1,156 @@
+"""Desktop commands: train-teacher, label, distill, evaluate, demo. Heavy imports stay inside the commands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from edge_digr.tasks import TASKS
+
+task_option = click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default="minigrid-fetch",
+                           show_default=True, help="Task from the registry.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def _teacher(path: str, task_name: str):
+    from edge_digr.checkpoint import load_policy
+
+    return load_policy(path, task=task_name)
+
+
+@click.command("train-teacher")
+@task_option
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="teacher.pt to write.")
+@click.option("--steps", type=int, default=None, help="PPO environment steps (default: the task's budget).")
+@click.option("--n-envs", type=int, default=None, help="Vectorised environments (default: the task's).")
+@click.option("--subprocess", is_flag=True, help="Run environments in subprocesses (SubprocVecEnv).")
+@click.option("--checkpoint-every", type=int, default=50_000, show_default=True, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint next to --out.")
+@seed_option
+@quiet_option
+def train_teacher(task_name: str, out: str, steps: Optional[int], n_envs: Optional[int], subprocess: bool,
+                  checkpoint_every: int, resume: bool, seed: int, quiet: bool) -> None:
+    """Train a PPO teacher (Stable-Baselines3) and write it as an edge-digr checkpoint."""
+    from edge_digr.tasks import get_task
+    from edge_digr.teacher import TeacherRun, train_teacher as train
+
+    task = get_task(task_name)
+    run = TeacherRun(Path(out), steps or task.train.teacher_steps, seed, n_envs, checkpoint_every, subprocess,
+                     progress=not quiet)
+    train(task, run, resume=resume)
+    click.echo(f"wrote {out} ({run.steps} steps)")
+
+
+@click.command()
+@task_option
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher.pt or an SB3 .zip.")
+@click.option("--frames", type=int, default=None, help="Frames to label (default: the task's budget).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="labels.npz to write.")
+@click.option("--stride", type=int, default=5, show_default=True, help="Perturbation grid stride.")
+@click.option("--mask-sigma", type=float, default=5.0, show_default=True, help="σ of the Gaussian mask.")
+@click.option("--blur-sigma", type=float, default=3.0, show_default=True, help="σ of the blur.")
+@seed_option
+@quiet_option
+def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride: int, mask_sigma: float,
+          blur_sigma: float, seed: int, quiet: bool) -> None:
+    """Roll the teacher out and label each frame with its perturbation saliency."""
+    from edge_digr.labels import label as run_label
+    from edge_digr.perturbation import PerturbationConfig
+    from edge_digr.tasks import get_task
+
+    task = get_task(task_name)
+    n = frames or task.train.label_frames
+    run_label(_teacher(teacher, task_name), task, n, seed, out, PerturbationConfig(stride, mask_sigma, blur_sigma),
+              progress=not quiet)
+    click.echo(f"wrote {out} ({n} frames)")
+
+
+def distill_options(f):
+    for option in reversed([
+        click.option("--mode", type=click.Choice(["digr", "plain", "igr"]), default="digr", show_default=True),
+        click.option("--lam", type=float, default=None, help="Gradient-penalty weight λ (default: the task's)."),
+        click.option("--mask-rule", type=click.Choice(["fraction", "topk"]), default="fraction", show_default=True,
+                     help="Non-salient region: below a fraction of the frame max, or outside the top-k share."),
+        click.option("--mask-threshold", type=float, default=0.1, show_default=True),
+        click.option("--temperature", type=float, default=1.0, show_default=True),
+        click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
+                     help="Student architecture."),
+        click.option("--epochs", type=int, default=None, help="Epochs (default: the task's)."),
+    ]):
+        f = option(f)
+    return f
+
+
+@click.command()
+@task_option
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher.pt (recorded in the student).")
+@click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=False), help="labels.npz.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="student.pt to write.")
+@distill_options
+@click.option("--resume", is_flag=True, help="Continue from <out>.resume.pt.")
+@seed_option
+@quiet_option
+def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
+            mask_rule: str, mask_threshold: float, temperature: float, arch: str, epochs: Optional[int],
+            resume: bool, seed: int, quiet: bool) -> None:
+    """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
+    from edge_digr.distill import DistillConfig, distill as run
+    from edge_digr.labels import load_labels, split
+    from edge_digr.tasks import get_task
+
+    task = get_task(task_name)
+    if not Path(teacher).exists():
+        from edge_digr.errors import UserError
+        raise UserError(f"{teacher} does not exist; train one with `edge-digr train-teacher`")
+    train, _ = split(load_labels(labels_path, task))
+    cfg = DistillConfig(mode=mode, lam=lam if lam is not None else task.train.digr_lambda, mask_rule=mask_rule,
+                        mask_threshold=mask_threshold, temperature=temperature, arch=arch,
+                        epochs=epochs or task.train.distill_epochs, seed=seed)
+    run(task, train, cfg, out, resume=resume, progress=not quiet)
+    click.echo(f"wrote {out}")
+
+
+@click.command()
+@click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
+              help="Policy: .pt checkpoint, SB3 .zip, fused .onnx, or TensorRT .plan.")
+@task_option
+@click.option("--episodes", type=int, default=None, help="Evaluation episodes (default: the task's).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None,
+              help="labels.npz: held-out frames for saliency agreement and timing.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
+@seed_option
+@quiet_option
+def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_path: Optional[str],
+             json_path: Optional[str], seed: int, quiet: bool) -> None:
+    """Return and success on fixed seeds; saliency agreement, pointing and timing on held-out frames."""
+    from edge_digr.fileio import write_json
+    from edge_digr.metrics import evaluate_policy, open_policy
+    from edge_digr.tasks import get_task
+
+    task = get_task(task_name)
+    policy = open_policy(policy_path, task)
+    metrics = evaluate_policy(policy, task, episodes or task.train.eval_episodes, labels_path, seed, not quiet)
+    click.echo(json.dumps(metrics, indent=2))
+    if json_path:
+        write_json(json_path, metrics)
+
+
+@click.command()
+@task_option
+@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True, help="Output folder.")
+@click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
+              help="tiny: seconds-long smoke run (tests); full: the task's budgets.")
+@click.option("--modes", default="digr,plain", show_default=True, help="Students to distil (digr,plain,igr).")
+@seed_option
+@quiet_option
+def demo(task_name: str, out: str, budget: str, modes: str, seed: int, quiet: bool) -> None:
+    """Teacher → labels → DIGR and plain students → evaluation → report.md and metrics.json."""
+    from edge_digr.demo import run_demo
+    from edge_digr.tasks import get_task
+
+    report = run_demo(get_task(task_name), Path(out), budget, [m.strip() for m in modes.split(",") if m.strip()],
+                      seed, progress=not quiet)
+    click.echo(f"report: {report}")

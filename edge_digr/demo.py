@@ -1,0 +1,145 @@
+"""`edge-digr demo`: the whole desktop pipeline on one task, ending with report.md and metrics.json.
+
+teacher → labels → students (DIGR, plain, optionally IGR) → evaluation → report. Each stage's output is
+kept in the folder and reused on a re-run, so an interrupted demo resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from edge_digr.errors import UserError
+from edge_digr.fileio import write_json, write_text
+from edge_digr.tasks import Task
+
+STRIP_FRAMES = 4
+PANELS = ("frame", "teacher perturbation", "plain gradient", "DIGR gradient")
+
+
+def tiny(task: Task) -> Task:
+    """Seconds-long budgets for smoke tests: every stage runs, nothing is learnt."""
+    return task.with_train(teacher_steps=2 * 64, n_envs=2, n_steps=64, batch_size=64, n_epochs=1,
+                           label_frames=10, distill_epochs=1, eval_episodes=2, max_episode_steps=50)
+
+
+def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True) -> Path:
+    from edge_digr.checkpoint import load_checkpoint
+    from edge_digr.distill import DistillConfig, distill
+    from edge_digr.labels import label, load_labels, split
+    from edge_digr.metrics import evaluate_policy, open_policy, saliency_timing
+    from edge_digr.teacher import TeacherRun, train_teacher
+
+    for needed in ("digr", "plain"):
+        if needed not in modes:
+            raise UserError(f"--modes must include digr and plain (the report compares them), got {modes}")
+    if budget == "tiny":
+        task = tiny(task)
+    out.mkdir(parents=True, exist_ok=True)
+    t = task.train
+    stages: Dict[str, float] = {}
+
+    start = time.perf_counter()
+    teacher_pt = out / "teacher.pt"
+    if not teacher_pt.exists():
+        train_teacher(task, TeacherRun(teacher_pt, t.teacher_steps, seed, progress=progress), resume=(out / "teacher.progress.json").exists())
+    teacher, _ = load_checkpoint(teacher_pt)
+    stages["teacher_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    labels_path = out / "labels.npz"
+    if not labels_path.exists():
+        label(teacher, task, t.label_frames, seed, labels_path, progress=progress)
+    data = load_labels(labels_path, task)
+    train, test = split(data)
+    stages["label_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    students: Dict[str, Path] = {}
+    for mode in modes:
+        path = out / f"student_{mode}.pt"
+        if not path.exists():
+            cfg = DistillConfig(mode=mode, lam=t.digr_lambda, epochs=t.distill_epochs, seed=seed)
+            distill(task, train, cfg, path, resume=Path(str(path) + ".resume.pt").exists(), progress=progress)
+        students[mode] = path
+    stages["distill_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    metrics: Dict[str, Any] = {"task": task.name, "seed": seed, "budget": budget}
+    handles = {"teacher": open_policy(str(teacher_pt), task),
+               **{mode: open_policy(str(path), task) for mode, path in students.items()}}
+    for name, handle in handles.items():
+        metrics[name] = evaluate_policy(handle, task, t.eval_episodes, labels_path, seed, progress)
+        metrics[name].pop("time_ms")
+    timing = saliency_timing(handles["digr"], task, test)
+    metrics["time_ms"] = timing
+    stages["evaluate_s"] = time.perf_counter() - start
+    metrics["stages"] = stages
+    metrics["config"] = {"train": {k: v for k, v in asdict(t).items() if not callable(v)},
+                         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                         "frames": {"train": int(len(train["obs"])), "held_out": int(len(test["obs"]))}}
+    write_json(out / "metrics.json", metrics)
+
+    strips = write_strips(handles, task, test, out)
+    report = out / "report.md"
+    write_text(report, render_report(metrics, strips, modes))
+    return report
+
+
+def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray], out: Path) -> List[str]:
+    """One PNG per sample frame: frame | teacher perturbation | plain gradient | DIGR gradient."""
+    from PIL import Image, ImageDraw
+
+    from edge_digr.evaluation import collapse_components
+    from edge_digr.runtime.overlay import display_frame, heat_overlay
+
+    count = min(STRIP_FRAMES, len(test["obs"]))
+    picks = np.linspace(0, len(test["obs"]) - 1, count).astype(int)
+    feed = {spec.name: test[spec.name][picks] for spec in task.inputs}
+    maps = {m: collapse_components(handles[m].saliency(feed)) for m in ("plain", "digr")}
+    names = []
+    for i in range(count):
+        frame = display_frame(feed["obs"][i])
+        panels = [frame, heat_overlay(frame, test["saliency"][picks[i]]),
+                  heat_overlay(frame, maps["plain"][i]), heat_overlay(frame, maps["digr"][i])]
+        scale = max(1, 160 // frame.shape[0])
+        tiles = [Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST) for p in panels]
+        w, h = tiles[0].size
+        strip = Image.new("RGB", (w * len(tiles), h + 14), "white")
+        draw = ImageDraw.Draw(strip)
+        for j, (tile, title) in enumerate(zip(tiles, PANELS)):
+            strip.paste(tile, (j * w, 14))
+            draw.text((j * w + 2, 1), title, fill="black")
+        name = f"strip_{i}.png"
+        strip.save(out / name)
+        names.append(name)
+    return names
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_report(metrics: Dict[str, Any], strips: List[str], modes: List[str]) -> str:
+    rows = ["teacher"] + modes
+    cols = ["return", "success", "saliency_pearson", "saliency_iou_top10"] + \
+           (["pointing"] if "pointing" in metrics["teacher"] else [])
+    lines = [f"# edge-digr demo: {metrics['task']} (seed {metrics['seed']}, budget {metrics['budget']})", "",
+             "Saliency columns compare each policy's *gradient* map with the teacher's *perturbation* map on "
+             "held-out frames (the teacher row is the teacher's own gradient map).", "",
+             "| policy | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for r in rows:
+        lines.append(f"| {r} | " + " | ".join(_fmt(metrics[r].get(c, "")) for c in cols) + " |")
+    tm = metrics["time_ms"]
+    lines += ["", f"Time per saliency map on {tm['frames']} held-out frames (DIGR student, same run): "
+                  f"gradient {tm['gradient']:.3f} ms, perturbation {tm['perturbation']:.1f} ms "
+                  f"({tm['speedup']:.0f}× faster).", "",
+              "Stage wall times (s): " + json.dumps({k: round(v, 1) for k, v in metrics["stages"].items()}), "",
+              "## Sample frames", "", "frame | teacher perturbation | plain gradient | DIGR gradient", ""]
+    lines += [f"![{s}]({s})" for s in strips]
+    return "\n".join(lines) + "\n"

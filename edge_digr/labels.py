@@ -1,0 +1,114 @@
+"""`edge-digr label`: roll the teacher out, then label every frame with its perturbation saliency.
+
+labels.npz holds one array per graph input, named like the inputs (so it doubles as calibration data),
+plus `teacher_out` (teacher logits or action means), `saliency` (N, H, W) teacher perturbation maps,
+`episode` (N,) and, for minigrid-fetch, `target_mask` (N, H, W): the target object's tile.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from edge_digr.errors import UserError
+from edge_digr.evaluation import act, batched
+from edge_digr.fileio import PathLike, atomic_path
+from edge_digr.perturbation import PerturbationConfig
+from edge_digr.policies import PixelPolicy
+from edge_digr.saliency import Perturbation
+from edge_digr.tasks import Task, fetch_target_mask
+
+LABEL_KEYS = ("teacher_out", "saliency", "episode")
+
+
+def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: bool = True) -> Dict[str, np.ndarray]:
+    """Frames visited by the teacher, acting by sampling its own distribution (discrete) or by its mean
+    plus Gaussian exploration noise (continuous), so that the frames cover more than one greedy path."""
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    env = task.make_env()
+    rows: Dict[str, list] = {spec.name: [] for spec in task.inputs}
+    rows.update(teacher_out=[], episode=[], target_mask=[])
+    episode, steps = 0, 0
+    raw, _ = env.reset(seed=seed)
+    with tqdm(total=frames, desc=f"rollouts {task.name}", unit="frame", disable=not progress) as bar:
+        while len(rows["episode"]) < frames:
+            inputs = task.preprocess(raw)
+            with torch.no_grad():
+                out = teacher(*teacher.inputs_from(batched(inputs)))[0].numpy()
+            for name, value in inputs.items():
+                rows[name].append(value)
+            rows["teacher_out"].append(out)
+            rows["episode"].append(episode)
+            if task.name == "minigrid-fetch":
+                rows["target_mask"].append(fetch_target_mask(env))
+            if task.action.continuous:
+                action = act(task, out[None] + rng.normal(0.0, 0.2, size=out.shape))[0]
+            else:
+                p = np.exp(out - out.max())
+                action = int(rng.choice(len(p), p=p / p.sum()))
+            raw, _, terminated, truncated, _ = env.step(action)
+            steps += 1
+            limit = task.train.max_episode_steps
+            if terminated or truncated or (limit is not None and steps >= limit):
+                episode, steps = episode + 1, 0
+                raw, _ = env.reset(seed=seed + episode)
+            bar.update(1)
+    env.close()
+    data = {k: np.stack(v) for k, v in rows.items() if v}
+    data["episode"] = data["episode"].astype(np.int32)
+    return data
+
+
+def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLike,
+          config: PerturbationConfig = PerturbationConfig(), progress: bool = True) -> Dict[str, np.ndarray]:
+    from tqdm import tqdm
+
+    data = collect(teacher, task, frames, seed, progress)
+    names = [spec.name for spec in task.inputs]
+    explainer = Perturbation(teacher, config)
+    maps = []
+    chunk = 16
+    for start in tqdm(range(0, frames, chunk), desc="perturbation saliency", unit="batch", disable=not progress):
+        inputs = tuple(torch.from_numpy(data[n][start:start + chunk]) for n in names)
+        maps.append(explainer.attribute(inputs))
+    data["saliency"] = np.concatenate(maps).astype(np.float32)
+    save_labels(out, data)
+    return data
+
+
+def save_labels(path: PathLike, data: Dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **data)
+
+
+def load_labels(path: PathLike, task: Task) -> Dict[str, np.ndarray]:
+    if not Path(path).exists():
+        raise UserError(f"{path} does not exist; make it with `edge-digr label`")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path} is not a readable labels .npz ({exc}); re-run `edge-digr label`") from None
+    needed = [spec.name for spec in task.inputs] + list(LABEL_KEYS)
+    missing = [k for k in needed if k not in data]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)} for task {task.name!r}; "
+                        f"re-run `edge-digr label --task {task.name}`")
+    if data["obs"].shape[1:] != tuple(task.obs_shape):
+        raise UserError(f"{path} holds frames of shape {data['obs'].shape[1:]}, task {task.name!r} "
+                        f"expects {tuple(task.obs_shape)}")
+    return data
+
+
+def split(data: Dict[str, np.ndarray], held_out: float = 0.2):
+    """(train, held-out) by whole episodes: the last `held_out` share of episodes is held out."""
+    episodes = np.unique(data["episode"])
+    cut = episodes[int(np.floor(len(episodes) * (1 - held_out)))] if len(episodes) > 1 else episodes[-1] + 1
+    test = data["episode"] >= cut
+    if test.all() or not test.any():  # one long episode: hold out its tail instead
+        test = np.arange(len(data["episode"])) >= int(len(data["episode"]) * (1 - held_out))
+    return ({k: v[~test] for k, v in data.items()}, {k: v[test] for k, v in data.items()})

@@ -1,0 +1,91 @@
+"""`edge-digr evaluate`: one handle over a policy file (.pt, SB3 .zip, fused .onnx, .plan) and its metrics.
+
+A handle gives the head output and the gradient saliency map of a batch of inputs: from torch autograd
+for checkpoints, from the fused graph's `saliency` output for .onnx/.plan. Perturbation saliency uses
+the head output only, so it runs on any backend.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from edge_digr.errors import UserError
+from edge_digr.evaluation import HeadFn, rollout, saliency_agreement, time_per_map_ms
+from edge_digr.perturbation import PerturbationConfig, perturbation_saliency
+from edge_digr.tasks import Task
+
+TIMING_FRAMES = 8  # held-out frames timed for both saliency methods
+
+
+@dataclass
+class PolicyHandle:
+    head: HeadFn
+    saliency: Callable[[Dict[str, np.ndarray]], np.ndarray]
+    kind: str  # "torch" | "onnx" | "tensorrt"
+
+
+def open_policy(path: str, task: Task) -> PolicyHandle:
+    if path.endswith((".onnx", ".plan", ".engine")):
+        from edge_digr.runtime.runners import open_runner
+
+        runner = open_runner(path)
+        if runner.manifest.task != task.name:
+            raise UserError(f"{path} was exported for task {runner.manifest.task!r}, not {task.name!r}")
+        head_name = runner.output_names[0]
+        return PolicyHandle(head=lambda feed: runner.infer(feed)[head_name],
+                            saliency=lambda feed: runner.infer(feed)["saliency"],
+                            kind="onnx" if path.endswith(".onnx") else "tensorrt")
+    import torch
+
+    from edge_digr.checkpoint import load_policy
+    from edge_digr.evaluation import torch_head
+    from edge_digr.saliency import Saliency
+
+    policy = load_policy(path, task=task.name)
+    if tuple(policy.cfg.obs_shape) != tuple(task.obs_shape):
+        raise UserError(f"{path} takes observations of shape {policy.cfg.obs_shape}, task {task.name!r} "
+                        f"gives {task.obs_shape}; pass the task it was trained on")
+    explainer = Saliency(policy)
+    return PolicyHandle(head=torch_head(policy),
+                        saliency=lambda feed: explainer.attribute(policy.inputs_from(feed)),
+                        kind="torch")
+
+
+def held_out_frames(labels_path: str, task: Task) -> Dict[str, np.ndarray]:
+    from edge_digr.labels import load_labels, split
+
+    return split(load_labels(labels_path, task))[1]
+
+
+def saliency_metrics(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray],
+                     batch: int = 64) -> Dict[str, float]:
+    names = [spec.name for spec in task.inputs]
+    maps = np.concatenate([handle.saliency({n: test[n][i:i + batch] for n in names})
+                           for i in range(0, len(test["obs"]), batch)])
+    return saliency_agreement(maps, test["saliency"], test.get("target_mask"))
+
+
+def saliency_timing(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray],
+                    frames: int = TIMING_FRAMES) -> Dict[str, float]:
+    """Per-map time of the gradient map and of the perturbation map, same policy, same frames, same run."""
+    feed = {spec.name: test[spec.name][:frames] for spec in task.inputs}
+    n = len(feed["obs"])
+    gradient = time_per_map_ms(lambda: handle.saliency(feed), n)
+    perturbation = time_per_map_ms(lambda: perturbation_saliency(handle.head, feed, "obs", PerturbationConfig()),
+                                   n, repeats=1)
+    return {"gradient": gradient, "perturbation": perturbation, "speedup": perturbation / gradient, "frames": n}
+
+
+def evaluate_policy(handle: PolicyHandle, task: Task, episodes: int, labels_path: Optional[str] = None,
+                    seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    from edge_digr.evaluation import EVAL_SEED
+
+    metrics: Dict[str, Any] = rollout(handle.head, task, episodes, seed=EVAL_SEED + 1000 * seed,
+                                      progress=progress).summary()
+    if labels_path:
+        test = held_out_frames(labels_path, task)
+        metrics.update(saliency_metrics(handle, task, test))
+        metrics["time_ms"] = saliency_timing(handle, task, test)
+    return metrics

@@ -1,0 +1,57 @@
+"""The demo and every pipeline stage at a tiny budget, through the CLI, for the three offline tasks."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_digr.cli import main
+
+ACCEPTANCE_KEYS = ["teacher.return", "teacher.success", "digr.return", "digr.success", "plain.return",
+                   "digr.saliency_pearson", "plain.saliency_pearson", "digr.pointing", "plain.pointing",
+                   "time_ms.perturbation", "time_ms.gradient"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_minigrid_demo_writes_report_metrics_and_students(tmp_path):
+    out = tmp_path / "demo"
+    invoke("demo", "--budget", "tiny", "--out", out, "--quiet")
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ACCEPTANCE_KEYS:
+        node = metrics
+        for part in key.split("."):
+            node = node[part]
+        assert isinstance(node, float) and np.isfinite(node), key
+    assert 0.0 <= metrics["digr"]["pointing"] <= 1.0
+    assert metrics["time_ms"]["perturbation"] > 0 and metrics["time_ms"]["gradient"] > 0
+    for name in ("student_digr.pt", "student_plain.pt", "teacher.pt", "labels.npz", "report.md"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    strips = sorted(out.glob("strip_*.png"))
+    assert strips and all(s.name in report for s in strips)
+    from PIL import Image
+    with Image.open(strips[0]) as img:
+        assert img.width == 4 * (img.height - 14)  # four square panels side by side under a title row
+
+
+@pytest.mark.parametrize("task", ["atari-breakout", "car-racing"])
+def test_every_stage_at_a_tiny_budget(task, tmp_path):
+    out = tmp_path / task
+    invoke("demo", "--task", task, "--budget", "tiny", "--out", out, "--quiet")
+    student = out / "student_digr.pt"
+    onnx_path = tmp_path / "student.onnx"
+    invoke("export", student, "--out", onnx_path)
+    invoke("check", onnx_path)
+    metrics_path = tmp_path / "onnx_metrics.json"
+    invoke("evaluate", "--policy", onnx_path, "--task", task, "--episodes", "1", "--labels", out / "labels.npz",
+           "--json", metrics_path, "--quiet")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["episodes"] == 1 and np.isfinite(metrics["saliency_pearson"])
+    video = tmp_path / "run.gif"
+    invoke("run", "--engine", onnx_path, "--max-steps", "6", "--record", video)
+    assert video.stat().st_size > 0

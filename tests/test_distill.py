@@ -1,0 +1,108 @@
+"""The DIGR regulariser: its gradient reaches the weights, the selection mask selects; distillation resumes."""
+import numpy as np
+import pytest
+import torch
+
+from edge_digr.distill import (DistillConfig, distill, distillation_loss, gradient_penalty, selection_mask)
+from edge_digr.errors import UserError
+from edge_digr.policies import PixelPolicy, PolicyConfig
+from edge_digr.saliency import input_gradient
+from edge_digr.tasks import get_task
+
+
+def _policy(continuous=False):
+    torch.manual_seed(1)
+    return PixelPolicy(PolicyConfig(obs_shape=(2, 9, 9), n_out=3, continuous=continuous,
+                                    convs=((4, 3, 2, 0),), hidden=(8,)))
+
+
+def test_selection_mask_fraction_rule_marks_pixels_below_the_threshold():
+    maps = np.array([[[0.0, 0.05, 0.2], [1.0, 0.09, 0.1]]], np.float32)
+    a = selection_mask(maps, "fraction", 0.1)
+    np.testing.assert_array_equal(a, [[[1, 1, 0], [0, 1, 0]]])
+
+
+def test_selection_mask_topk_rule_keeps_the_top_share_salient():
+    maps = np.arange(10, dtype=np.float32).reshape(1, 2, 5)
+    a = selection_mask(maps, "topk", 0.2)  # top 2 of 10 pixels are salient
+    assert a.sum() == 8 and a[0, 1, 3] == 0 and a[0, 1, 4] == 0
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_penalty_counts_only_selected_pixels(continuous):
+    policy = _policy(continuous)
+    obs = torch.rand(2, 2, 9, 9) * 255
+    grad = input_gradient(policy, (obs,)) * 255.0
+    region = torch.zeros(2, 9, 9)
+    assert gradient_penalty(policy, (obs,), region).item() == 0.0
+    region[0, 4, 5] = 1.0
+    expected = grad.pow(2).sum(-3)
+    expected = (expected.sum(1) if continuous else expected)[0, 4, 5] / 2  # mean over the 2 frames
+    assert gradient_penalty(policy, (obs,), region).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_penalty_gradient_reaches_the_weights_and_lowers_the_penalty():
+    policy = _policy()
+    obs = torch.rand(8, 2, 9, 9) * 255
+    region = torch.ones(8, 9, 9)
+    before = gradient_penalty(policy, (obs,), region)
+    before.backward()
+    grads = [p.grad for p in policy.parameters()]
+    assert grads[0] is not None and grads[0].abs().sum() > 0  # first conv's weight
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.grad is not None:
+                p -= 1e-3 * p.grad / (p.grad.norm() + 1e-12)
+    assert gradient_penalty(policy, (obs,), region).item() < before.item()
+
+
+def test_distillation_loss_is_zero_for_identical_outputs_and_temperature_scaled():
+    z = torch.randn(4, 5)
+    assert distillation_loss(z, z, False, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(z, z + 1.0, True, 1.0).item() == pytest.approx(1.0)
+
+
+def _labels(task, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    data = {spec.name: (rng.random((n,) + spec.shape) * (255 if spec.name == "obs" else 1)).astype(np.float32)
+            for spec in task.inputs}
+    data["teacher_out"] = rng.normal(size=(n, task.action.n)).astype(np.float32)
+    data["saliency"] = rng.random((n,) + task.obs_shape[1:]).astype(np.float32)
+    data["episode"] = np.repeat(np.arange(3), n // 3).astype(np.int32)
+    return data
+
+
+def test_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    task = get_task("minigrid-fetch")
+    data = _labels(task)
+    cfg = DistillConfig(mode="digr", lam=1.0, epochs=2, batch_size=4, arch="edge")
+    full = distill(task, data, cfg, tmp_path / "full.pt", progress=False)
+    assert not (tmp_path / "full.pt.resume.pt").exists()  # removed once a run completes
+
+    real_step, calls = torch.optim.Adam.step, []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # first step of epoch 2 (12 frames, batches of 4)
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_interrupt)
+    out = tmp_path / "student.pt"
+    with pytest.raises(KeyboardInterrupt):
+        distill(task, data, cfg, out, progress=False)
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    assert not out.exists() and (tmp_path / "student.pt.resume.pt").exists()
+    resumed = distill(task, data, cfg, out, resume=True, progress=False)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+    with pytest.raises(UserError, match="nothing to resume"):
+        distill(task, data, cfg, tmp_path / "other.pt", resume=True, progress=False)
+
+
+def test_distill_rejects_bad_options():
+    with pytest.raises(UserError, match="--mask-threshold"):
+        DistillConfig(mask_threshold=1.5).validate()
+    with pytest.raises(UserError, match="--mode"):
+        DistillConfig(mode="magic").validate()
