@@ -1,0 +1,101 @@
+"""TensorRT runner: build-target checks everywhere; engine round trips only where tensorrt + pycuda import."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from edge_digr.errors import UserError
+from edge_digr.manifest import for_task, write_sidecar
+from edge_digr.runtime import open_runner
+from edge_digr.runtime.tensorrt_runner import check_build_target
+from runtime_fixtures import contract_onnx
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="tensorrt and pycuda do not import here (no NVIDIA GPU "
+                                                    "stack); these run on the Jetson / a CUDA machine")
+
+
+def _manifest(**extra):
+    m = for_task("atari-breakout")
+    m.extra.update(extra)
+    return m
+
+
+def test_engine_from_another_tensorrt_version_is_refused_with_rebuild_hint():
+    with pytest.raises(UserError, match=r"TensorRT 8\.5\.2.*this is TensorRT 10\.3\.0.*edge-digr build"):
+        check_build_target(_manifest(tensorrt="8.5.2.2"), "10.3.0", "Orin", "m.plan")
+
+
+def test_engine_for_another_gpu_is_refused_with_rebuild_hint():
+    with pytest.raises(UserError, match=r"GPU 'NVIDIA GeForce RTX 3090'.*'Orin'.*edge-digr build"):
+        check_build_target(_manifest(tensorrt="10.3.0", device="NVIDIA GeForce RTX 3090"), "10.3.1", "Orin", "m.plan")
+
+
+def test_matching_or_unrecorded_build_target_passes():
+    check_build_target(_manifest(tensorrt="10.3.0.26", device="Orin"), "10.3.0", "Orin", "m.plan")
+    check_build_target(_manifest(), "8.5.2", "Xavier", "m.plan")  # older sidecars record neither
+
+
+def test_truncated_plan_is_refused_before_tensorrt_loads(tmp_path):
+    from edge_digr.fileio import sha256_file
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine bytes " * 100)
+    write_sidecar(plan, _manifest(plan_sha256=sha256_file(plan)))
+    assert open_runner(plan).manifest.task == "atari-breakout"  # intact: accepted (TensorRT loads later)
+    plan.write_bytes(plan.read_bytes()[:500])
+    with pytest.raises(UserError, match="does not match the sha256.*edge-digr build"):
+        open_runner(plan)
+
+
+def _build_plan(onnx_path, plan_path, max_batch=4):
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else \
+        1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(onnx_path.read_bytes()), [parser.get_error(i) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = tuple(tensor.shape)[1:]
+        profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
+    config.add_optimization_profile(profile)
+    plan_path.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    manifest = for_task("atari-breakout")
+    manifest.extra.update(tensorrt=trt.__version__)
+    write_sidecar(plan_path, manifest)
+    return plan_path
+
+
+@needs_trt
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_tensorrt_runner_matches_onnxruntime(tmp_path, cuda_graph):
+    onnx_path = contract_onnx(tmp_path / "a.onnx", "atari-breakout")
+    plan = _build_plan(onnx_path, tmp_path / "a.plan")
+    feed = {"obs": np.random.default_rng(0).uniform(0, 255, (2, 4, 84, 84)).astype(np.float32)}
+    with open_runner(onnx_path, providers=["CPUExecutionProvider"]) as ort_runner:
+        expected = ort_runner.infer(feed)
+    with open_runner(plan, cuda_graph=cuda_graph) as runner:
+        for _ in range(3):  # repeated calls reuse buffers (and replay the graph)
+            out = runner.infer(feed)
+        single = runner.infer({"obs": feed["obs"][:1]})  # batch change: new shapes and buffers
+        assert len(runner.timings_ms) == 4
+    for name in ("logits", "saliency"):
+        np.testing.assert_allclose(out[name], expected[name], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(single["logits"], expected["logits"][:1], rtol=1e-3, atol=1e-3)
+
+
+@needs_trt
+def test_corrupt_plan_is_refused_with_rebuild_hint(tmp_path):
+    plan = tmp_path / "bad.plan"
+    plan.write_bytes(np.random.default_rng(0).bytes(4096))
+    write_sidecar(plan, for_task("atari-breakout"))
+    with pytest.raises(UserError, match="edge-digr build"):
+        open_runner(plan).activate()
