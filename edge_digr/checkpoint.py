@@ -88,20 +88,19 @@ def _nature_config(state: Dict[str, torch.Tensor], task_cfg: PolicyConfig) -> Po
                         convs=tuple(convs), hidden=hidden)
 
 
-def sb3_to_policy_state(state: Dict[str, torch.Tensor], cfg: PolicyConfig) -> Dict[str, torch.Tensor]:
-    """Map SB3 ActorCriticPolicy keys onto PixelPolicy keys (actor side only)."""
+def sb3_to_policy_state(state: Dict[str, torch.Tensor], policy: PixelPolicy) -> Dict[str, torch.Tensor]:
+    """Map SB3 ActorCriticPolicy keys onto `policy`'s keys (actor side only)."""
     if any(k.startswith("mlp_extractor.policy_net.") for k in state):
         raise UserError("the SB3 policy has hidden layers in its mlp_extractor (net_arch); edge-digr reads "
                         "policies with net_arch=[] (CnnPolicy's default, and edge-digr's own teachers)")
     out: Dict[str, torch.Tensor] = {}
-    if "features_extractor.cnn.0.weight" in state:  # NatureCNN
-        conv_idx = [0, 2, 4]
-        for i, idx in enumerate(conv_idx):
+    if "features_extractor.cnn.0.weight" in state:  # NatureCNN: cnn.{0,2,4}, then linear.0, in forward order
+        sources = ["features_extractor.cnn.0", "features_extractor.cnn.2", "features_extractor.cnn.4",
+                   "features_extractor.linear.0"]
+        names = {id(m): n for n, m in policy.named_modules()}
+        for src, layer in zip(sources, policy.trunk.weight_layers()):
             for p in ("weight", "bias"):
-                out[f"trunk.net.{2 * i}.{p}"] = state[f"features_extractor.cnn.{idx}.{p}"]
-        lin = 2 * len(conv_idx) + 1  # after conv/ReLU pairs and Flatten
-        for p in ("weight", "bias"):
-            out[f"trunk.net.{lin}.{p}"] = state[f"features_extractor.linear.0.{p}"]
+                out[f"{names[id(layer)]}.{p}"] = state[f"{src}.{p}"]
     else:  # edge-digr's own extractor wraps a PixelTrunk as `trunk`
         prefix = "features_extractor.trunk."
         out.update({"trunk." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
@@ -118,7 +117,7 @@ def load_sb3_zip(path: PathLike, task_name: str) -> PixelPolicy:
         cfg = _nature_config(state, cfg)
     policy = PixelPolicy(cfg)
     try:
-        policy.load_state_dict(sb3_to_policy_state(state, cfg))
+        policy.load_state_dict(sb3_to_policy_state(state, policy))
     except (KeyError, RuntimeError) as exc:
         raise UserError(f"{path} does not match task {task_name!r}'s policy layout "
                         f"({str(exc).splitlines()[0][:200]})") from None

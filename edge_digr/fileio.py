@@ -12,6 +12,13 @@ from typing import Any, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _default_mode() -> int:
+    # mkstemp creates 0600 files; artifacts should get the mode a plain open() would give them.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; move it over `path` only if the block succeeds."""
@@ -21,6 +28,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):

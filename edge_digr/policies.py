@@ -53,17 +53,18 @@ def conv_output_hw(cfg: PolicyConfig) -> Tuple[int, int]:
 
 
 class PixelTrunk(nn.Module):
-    """Normalise pixels, broadcast the extra vector as input planes, convolve, flatten, fully connect.
+    """Normalise pixels, convolve, gate the first conv's channels by the extra vector, fully connect.
 
-    The extra vector (e.g. the mission) enters as constant planes next to the image, so every conv
-    position can match it against what it sees; its planes carry no saliency (only `obs` is explained).
+    The extra vector (e.g. the mission) scales the stem's channels: `stem(x) * gate(extra)`, so a channel
+    that detects "a blue key here" can be switched on by the mission "fetch the blue key". A product
+    with a tensor that does not depend on `obs` is linear in `obs`, so the fused exporter's VJP is exact.
     """
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.cfg = cfg
         layers: list[nn.Module] = []
-        channels = cfg.obs_shape[0] + cfg.extra_dim
+        channels = cfg.obs_shape[0]
         for out, k, s, p in cfg.convs:
             layers += [nn.Conv2d(channels, out, k, stride=s, padding=p), nn.ReLU()]
             channels = out
@@ -75,15 +76,20 @@ class PixelTrunk(nn.Module):
         for hidden in cfg.hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        self.net = nn.Sequential(*layers)
+        self.stem = nn.Sequential(*layers[:2])
+        self.gate = nn.Linear(cfg.extra_dim, cfg.convs[0][0]) if cfg.extra_dim else None
+        self.body = nn.Sequential(*layers[2:])
         self.out_dim = width
 
     def forward(self, obs: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = obs * (1.0 / 255.0)
-        if self.cfg.extra_dim:
-            _, h, w = self.cfg.obs_shape
-            x = torch.cat([x, extra[:, :, None, None].expand(-1, -1, h, w)], dim=1)
-        return self.net(x)
+        x = self.stem(obs * (1.0 / 255.0))
+        if self.gate is not None:
+            x = x * self.gate(extra)[:, :, None, None]
+        return self.body(x)
+
+    def weight_layers(self) -> list[nn.Module]:
+        """Conv2d and Linear layers of the image path, in forward order (the SB3 NatureCNN mapping)."""
+        return [m for m in list(self.stem) + list(self.body) if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 class PixelPolicy(nn.Module):

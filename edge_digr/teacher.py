@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
@@ -79,6 +80,7 @@ def make_vec_env(task: Task, n_envs: int, seed: int, subprocess: bool) -> VecEnv
             env = TaskObservation(task.make_env(), task)
             if task.train.max_episode_steps:
                 env = gym.wrappers.TimeLimit(env, task.train.max_episode_steps)
+            env = Monitor(env)  # episode returns for SB3's logger and the progress bar
             env.reset(seed=seed * 1000 + rank)
             return env
         return make
@@ -101,7 +103,7 @@ def build_ppo(task: Task, env: VecEnv, seed: int) -> PPO:
 def actor_of(model: PPO, task: Task) -> PixelPolicy:
     """The PPO actor as a PixelPolicy (continuous: the Gaussian's mean)."""
     policy = PixelPolicy(PolicyConfig.for_task(task, "teacher"))
-    policy.load_state_dict(sb3_to_policy_state(model.policy.state_dict(), policy.cfg))
+    policy.load_state_dict(sb3_to_policy_state(model.policy.state_dict(), policy))
     return policy.eval()
 
 
