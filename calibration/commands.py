@@ -1,0 +1,139 @@
+"""`edge-digr calibrate`: INT8 QDQ model + fidelity report against fp32 on held-out frames.
+
+Torch-free at import and at run time (onnx, onnxruntime and numpy only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import click
+
+from edge_digr.errors import UserError
+
+KEEP_BACKWARD = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    onnx: Path
+    data: Path
+    out: Path
+    report: Path
+    holdout: float = 0.2
+    method: str = "minmax"
+    per_channel: bool = True
+    keep_backward: str = "auto"  # auto: quantize everything, keep the backward in fp32 if saliency r < threshold
+    saliency_threshold: float = 0.95
+    max_frames: Optional[int] = None
+    batch_size: int = 16
+    latency_runs: int = 200
+
+
+def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
+    """Quantize, measure fidelity on the held-out frames, keep the backward in fp32 if asked or needed,
+    write the model and the JSON report; returns the report."""
+    from edge_digr.calibration.fidelity import batch1_latency_ms, collect_outputs, compare_outputs, fidelity_table
+    from edge_digr.calibration.frames import load_frames, model_inputs
+    from edge_digr.calibration.quantize import QuantizeConfig, quantize_qdq
+    from edge_digr.fileio import write_json
+    from edge_digr.runtime.runners import OnnxRuntimeRunner
+
+    if opts.keep_backward not in KEEP_BACKWARD:
+        raise UserError(f"--keep-backward must be one of {', '.join(KEEP_BACKWARD)}, got {opts.keep_backward!r}")
+    if opts.out.resolve() == opts.onnx.resolve():
+        raise UserError("--out must differ from the input ONNX (the fp32 model is the reference)")
+    frames = load_frames(opts.data, model_inputs(opts.onnx))
+    if opts.max_frames is not None:
+        if opts.max_frames < 2:
+            raise UserError(f"--max-frames must be at least 2, got {opts.max_frames}")
+        frames = frames.take(slice(0, opts.max_frames))
+    calib, held = frames.split(opts.holdout)
+    log(f"{len(calib)} calibration frames, {len(held)} held-out frames from {opts.data}")
+
+    cpu = ["CPUExecutionProvider"]  # the report is about the model, not about whichever EP is installed
+    fp32 = OnnxRuntimeRunner(opts.onnx, providers=cpu)
+    continuous = fp32.manifest.continuous
+    reference = collect_outputs(fp32, held, opts.batch_size)
+
+    cfg = QuantizeConfig(per_channel=opts.per_channel, method=opts.method,
+                         keep_backward=opts.keep_backward == "always", batch_size=opts.batch_size)
+    attempts: List[Dict[str, Any]] = []
+    rows = {}
+    while True:
+        result = quantize_qdq(opts.onnx, calib, opts.out, cfg)
+        for note in result.notes:
+            log(f"note: {note}")
+        fidelity = compare_outputs(reference, collect_outputs(OnnxRuntimeRunner(opts.out, providers=cpu), held,
+                                                              opts.batch_size), continuous)
+        label = "int8 (backward fp32)" if cfg.keep_backward else "int8"
+        rows[label] = fidelity
+        attempts.append({"quantization": result.to_dict(), "fidelity": fidelity.to_dict()})
+        retry = (opts.keep_backward == "auto" and not cfg.keep_backward
+                 and fidelity.saliency_pearson < opts.saliency_threshold)
+        if not retry:
+            break
+        log(f"saliency Pearson {fidelity.saliency_pearson:.4f} < {opts.saliency_threshold}: "
+            "re-quantizing with the backward (gradient) path kept in fp32")
+        cfg = replace(cfg, keep_backward=True)
+
+    thresholds = {"saliency_pearson": opts.saliency_threshold}
+    log(fidelity_table(rows, thresholds))
+    latency = {}
+    if opts.latency_runs > 0:
+        latency = batch1_latency_ms({"fp32": fp32, "int8": OnnxRuntimeRunner(opts.out, providers=cpu)}, held,
+                                    opts.latency_runs)
+        ratio = latency["int8"]["p50_ms"] / latency["fp32"]["p50_ms"]
+        latency["int8_over_fp32_p50"] = ratio
+        log(f"CPU latency, batch 1, ONNX Runtime: fp32 p50 {latency['fp32']['p50_ms']:.3f} ms, "
+            f"int8 QDQ p50 {latency['int8']['p50_ms']:.3f} ms ({ratio:.2f}x: int8 is "
+            f"{'slower' if ratio > 1 else 'faster'} here)")
+    final = rows[label]
+    report = {
+        "reference": str(opts.onnx), "model": str(opts.out), "data": str(opts.data),
+        "calibration_frames": len(calib), "held_out_frames": len(held),
+        "keep_backward": opts.keep_backward, "saliency_threshold": opts.saliency_threshold,
+        "attempts": attempts, "final": {"label": label, **final.to_dict()}, "latency_ms": latency,
+        "table": fidelity_table(rows, thresholds),
+    }
+    write_json(opts.report, report)
+    if final.saliency_pearson < opts.saliency_threshold:
+        hint = ("even with the backward in fp32: the INT8 forward moves it too far for this model"
+                if cfg.keep_backward else "with the backward in INT8; try --keep-backward auto (or always)")
+        log(f"warning: saliency Pearson {final.saliency_pearson:.4f} is below {opts.saliency_threshold} {hint}")
+    log(f"wrote {opts.out} ({label}) and {opts.report}")
+    return report
+
+
+@click.command("calibrate")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Frames .npz (from `edge-digr run --save-feed`, or labels.npz from `edge-digr label`).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="INT8 QDQ ONNX to write (runs on ONNX Runtime; TensorRT builds it with --precision int8).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Fidelity report JSON [default: OUT with .fidelity.json].")
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="Fraction of frames (the last ones) held out of calibration for the fidelity report.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Activation range calibration.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True,
+              help="Weight scales per output channel (falls back to per tensor where the quantizer fails).")
+@click.option("--keep-backward", type=click.Choice(KEEP_BACKWARD), default="auto", show_default=True,
+              help="Keep the gradient (saliency) path in fp32: always, never, or when saliency r < threshold.")
+@click.option("--saliency-threshold", type=float, default=0.95, show_default=True,
+              help="Saliency Pearson r below which --keep-backward auto re-quantizes.")
+@click.option("--max-frames", type=int, default=None, help="Use only the first N frames of --data.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Frames per calibration batch.")
+@click.option("--latency-runs", type=int, default=200, show_default=True,
+              help="Batch-1 CPU latency runs per model (0 to skip).")
+def calibrate(onnx_path: Path, data: Path, out: Path, report: Optional[Path], holdout: float, method: str,
+              per_channel: bool, keep_backward: str, saliency_threshold: float, max_frames: Optional[int],
+              batch_size: int, latency_runs: int) -> None:
+    """INT8 QDQ quantization of a fused graph, with a fidelity report against fp32."""
+    report = report or out.with_suffix(".fidelity.json")
+    calibrate_onnx(CalibrateOptions(onnx=onnx_path, data=data, out=out, report=report, holdout=holdout,
+                                    method=method, per_channel=per_channel, keep_backward=keep_backward,
+                                    saliency_threshold=saliency_threshold, max_frames=max_frames,
+                                    batch_size=batch_size, latency_runs=latency_runs))
