@@ -46,7 +46,9 @@ setup(
         "train": TRAIN,
         "test": ["pytest>=7", "hypothesis>=6.80", "onnx>=1.16"],
         "trt": ["tensorrt", "pycuda"],
+        "calibrate": ["onnx>=1.14"],  # INT8 QDQ quantization (onnxruntime.quantization needs onnx)
         "carla": ["carla==0.9.16"],
+        "profile": ["onnx>=1.14", "matplotlib>=3.5"],  # forward-only graph derivation, latency CDF plot
     },
     entry_points={"console_scripts": ["edge-digr=edge_digr.cli:main"]},
 )

@@ -54,7 +54,7 @@ def render(agg: Dict) -> str:
     lines += ["", "| DIGR − plain (per seed) | mean ± std | seeds |", "| --- | --- | --- |"]
     for m, vals in agg["digr_minus_plain"].items():
         lines.append(f"| {m} | {_ms(vals)} | " + ", ".join(f"{v:+.3f}" for v in vals) + " |")
-    lines += ["", f"DIGR return / teacher return per seed: "
+    lines += ["", "DIGR return / teacher return per seed: "
                   + ", ".join(f"{v:.3f}" for v in agg["digr_return_over_teacher"]),
               f"Time per map (ms): gradient {_ms(agg['time_ms']['gradient'])}, perturbation "
               f"{_ms(agg['time_ms']['perturbation'])}, ratio {_ms(agg['time_ms']['speedup'])}"]

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from edge_digr.checkpoint import load_checkpoint
 from edge_digr.distill import DistillConfig, distill
 from edge_digr.labels import load_labels, split
 from edge_digr.metrics import evaluate_policy, open_policy
@@ -31,6 +32,7 @@ def main() -> None:
     task = get_task(args.task)
     labels = args.run / "labels.npz"
     train, _ = split(load_labels(labels, task))
+    teacher, _ = load_checkpoint(args.run / "teacher.pt")
     rows = []
     for rule_spec in args.rules.split(","):
         rule, threshold = rule_spec.split(":")
@@ -38,9 +40,9 @@ def main() -> None:
             mode = "plain" if lam == 0 else "digr"
             out = args.run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}.pt"
             if not out.exists():
-                cfg = DistillConfig(mode=mode, lam=lam, mask_rule=rule, mask_threshold=float(threshold),
-                                    epochs=task.train.distill_epochs, seed=args.seed)
-                distill(task, train, cfg, out, progress=False)
+                cfg = DistillConfig.for_task(task, mode, args.seed, lam=lam, mask_rule=rule,
+                                             mask_threshold=float(threshold))
+                distill(task, train, cfg, out, progress=False, teacher=teacher)
             m = evaluate_policy(open_policy(str(out), task), task, args.episodes, str(labels), args.seed,
                                 progress=False)
             rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, **m})

@@ -21,7 +21,16 @@ COMMANDS: Dict[str, str] = {
     "label": "edge_digr.commands:label",
     "distill": "edge_digr.commands:distill",
     "evaluate": "edge_digr.commands:evaluate",
+    "export": "edge_digr.export.commands:export",
+    "check": "edge_digr.export.commands:check",
     # commands of the other subsystems are registered here by their owners
+    "profile": "edge_digr.runtime.deploy_commands:profile",
+    "bundle": "edge_digr.runtime.deploy_commands:bundle",
+    "attack": "edge_digr.attack_commands:attack",
+    "run": "edge_digr.runtime.commands:run",
+    "calibrate": "edge_digr.calibration.commands:calibrate",
+    "build": "edge_digr.runtime.engine_commands:build",
+    "selftest": "edge_digr.runtime.engine_commands:selftest_command",
 }
 
 

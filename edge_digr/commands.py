@@ -79,6 +79,9 @@ def distill_options(f):
         click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
                      help="Student architecture."),
         click.option("--epochs", type=int, default=None, help="Epochs (default: the task's)."),
+        click.option("--dagger-rounds", type=int, default=None,
+                     help="Rounds of student rollouts labelled by the teacher (default: the task's)."),
+        click.option("--dagger-frames", type=int, default=None, help="Frames per DAgger round (default: the task's)."),
     ]):
         f = option(f)
     return f
@@ -95,21 +98,19 @@ def distill_options(f):
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
             mask_rule: str, mask_threshold: float, temperature: float, arch: str, epochs: Optional[int],
-            resume: bool, seed: int, quiet: bool) -> None:
+            dagger_rounds: Optional[int], dagger_frames: Optional[int], resume: bool, seed: int,
+            quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
     from edge_digr.distill import DistillConfig, distill as run
     from edge_digr.labels import load_labels, split
     from edge_digr.tasks import get_task
 
     task = get_task(task_name)
-    if not Path(teacher).exists():
-        from edge_digr.errors import UserError
-        raise UserError(f"{teacher} does not exist; train one with `edge-digr train-teacher`")
     train, _ = split(load_labels(labels_path, task))
-    cfg = DistillConfig(mode=mode, lam=lam if lam is not None else task.train.digr_lambda, mask_rule=mask_rule,
-                        mask_threshold=mask_threshold, temperature=temperature, arch=arch,
-                        epochs=epochs or task.train.distill_epochs, seed=seed)
-    run(task, train, cfg, out, resume=resume, progress=not quiet)
+    cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
+                           temperature=temperature, arch=arch, epochs=epochs, dagger_rounds=dagger_rounds,
+                           dagger_frames=dagger_frames)
+    run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name))
     click.echo(f"wrote {out}")
 
 

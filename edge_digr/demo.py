@@ -25,7 +25,8 @@ PANELS = ("frame", "teacher perturbation", "plain gradient", "DIGR gradient")
 def tiny(task: Task) -> Task:
     """Seconds-long budgets for smoke tests: every stage runs, nothing is learnt."""
     return task.with_train(teacher_steps=2 * 64, n_envs=2, n_steps=64, batch_size=64, n_epochs=1,
-                           label_frames=10, distill_epochs=1, eval_episodes=2, max_episode_steps=50)
+                           label_frames=10, distill_epochs=2, dagger_rounds=1, dagger_frames=6, eval_episodes=2,
+                           max_episode_steps=50)
 
 
 def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True) -> Path:
@@ -64,8 +65,8 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     for mode in modes:
         path = out / f"student_{mode}.pt"
         if not path.exists():
-            cfg = DistillConfig(mode=mode, lam=t.digr_lambda, epochs=t.distill_epochs, seed=seed)
-            distill(task, train, cfg, path, resume=Path(str(path) + ".resume.pt").exists(), progress=progress)
+            distill(task, train, DistillConfig.for_task(task, mode, seed), path,
+                    resume=Path(str(path) + ".resume.pt").exists(), progress=progress, teacher=teacher)
         students[mode] = path
     stages["distill_s"] = time.perf_counter() - start
 
@@ -74,10 +75,8 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     handles = {"teacher": open_policy(str(teacher_pt), task),
                **{mode: open_policy(str(path), task) for mode, path in students.items()}}
     for name, handle in handles.items():
-        metrics[name] = evaluate_policy(handle, task, t.eval_episodes, labels_path, seed, progress)
-        metrics[name].pop("time_ms")
-    timing = saliency_timing(handles["digr"], task, test)
-    metrics["time_ms"] = timing
+        metrics[name] = evaluate_policy(handle, task, t.eval_episodes, labels_path, seed, progress, timing=False)
+    metrics["time_ms"] = saliency_timing(handles["digr"], task, test)
     stages["evaluate_s"] = time.perf_counter() - start
     metrics["stages"] = stages
     metrics["config"] = {"train": {k: v for k, v in asdict(t).items() if not callable(v)},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -38,6 +38,17 @@ class DistillConfig:
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
+    dagger_rounds: int = 0  # student rollouts labelled by the teacher and added during training
+    dagger_frames: int = 2000  # frames per DAgger round
+
+    @classmethod
+    def for_task(cls, task: Task, mode: str, seed: int = 0, **overrides: Any) -> "DistillConfig":
+        """The task's distillation budget, with the options given (not None) taking precedence."""
+        t = task.train
+        base = dict(lam=t.digr_lambda, epochs=t.distill_epochs, dagger_rounds=t.dagger_rounds,
+                    dagger_frames=t.dagger_frames)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(mode=mode, seed=seed, **base)
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -48,6 +59,8 @@ class DistillConfig:
             raise UserError(f"--mask-threshold must be in (0, 1), got {self.mask_threshold}")
         if self.temperature <= 0 or self.lam < 0 or self.epochs < 1:
             raise UserError("--temperature must be > 0, --lam ≥ 0 and --epochs ≥ 1")
+        if self.dagger_rounds < 0 or self.dagger_rounds >= self.epochs or self.dagger_frames < 1:
+            raise UserError("--dagger-rounds must be in [0, epochs) and --dagger-frames ≥ 1")
 
 
 def selection_mask(maps: np.ndarray, rule: str, threshold: float) -> np.ndarray:
@@ -80,23 +93,36 @@ def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor) -> torc
     return (sq * region).flatten(1).sum(1).mean()
 
 
+DAGGER_SEED = 100_000  # student rollouts use seeds far from the label and evaluation seeds
+
+
+def dagger_epochs(epochs: int, rounds: int) -> List[int]:
+    """Epoch counts after which a DAgger round collects frames: spread evenly over training."""
+    return [round((k + 1) * epochs / (rounds + 1)) for k in range(rounds)]
+
+
 def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: PathLike,
-            resume: bool = False, progress: bool = True) -> PixelPolicy:
-    """Train a student on labelled frames; checkpoints every epoch to `<out>.resume.pt` for --resume."""
+            resume: bool = False, progress: bool = True, teacher: Optional[PixelPolicy] = None) -> PixelPolicy:
+    """Train a student on labelled frames; checkpoints every epoch to `<out>.resume.pt` for --resume.
+
+    With `cfg.dagger_rounds`, the student is rolled out during training and the frames it visits are
+    labelled by `teacher` (outputs and perturbation maps) and added to the training set (DAgger), so the
+    student also learns what to do in the states its own mistakes lead to.
+    """
     from tqdm import tqdm
 
+    from edge_digr.labels import add_perturbation_maps, collect
+
     cfg.validate()
+    if cfg.dagger_rounds and teacher is None:
+        raise UserError("DAgger rounds need the teacher (--teacher) to label the student's frames")
     torch.manual_seed(cfg.seed)
     student = PixelPolicy(PolicyConfig.for_task(task, cfg.arch))
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     names = [spec.name for spec in task.inputs]
-    tensors = {n: torch.from_numpy(np.ascontiguousarray(train[n], dtype=np.float32)) for n in names}
-    teacher_out = torch.from_numpy(train["teacher_out"].astype(np.float32))
-    if cfg.mode == "igr":
-        region = torch.ones(train["saliency"].shape)
-    else:
-        region = torch.from_numpy(selection_mask(train["saliency"], cfg.mask_rule, cfg.mask_threshold))
-    lam = 0.0 if cfg.mode == "plain" else cfg.lam
+    keys = names + ["teacher_out", "saliency"]
+    data = {k: np.ascontiguousarray(train[k], dtype=np.float32) for k in keys}
+    added: Dict[str, np.ndarray] = {k: data[k][:0] for k in keys}  # DAgger frames so far
 
     resume_path = Path(str(out) + ".resume.pt")
     start = 0
@@ -107,33 +133,50 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
                             "resume with the same options or delete it")
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
+        added = {k: v.numpy() for k, v in state["added"].items()}
         start = int(state["epoch"])
     elif resume:
         raise UserError(f"nothing to resume: {resume_path} does not exist; start without --resume")
 
-    n = len(teacher_out)
-    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch, unit="batch",
-               desc=f"distill {cfg.mode}", disable=not progress, dynamic_ncols=True)
-    student.train()
+    lam = 0.0 if cfg.mode == "plain" else cfg.lam
+    collect_after = dagger_epochs(cfg.epochs, cfg.dagger_rounds)
+    bar = tqdm(total=cfg.epochs, initial=start, unit="epoch", desc=f"distill {cfg.mode}", disable=not progress,
+               dynamic_ncols=True)
     for epoch in range(start, cfg.epochs):
+        full = {k: np.concatenate([data[k], added[k]]) for k in keys}
+        tensors = {k: torch.from_numpy(v) for k, v in full.items()}
+        if cfg.mode == "igr":
+            region = torch.ones(full["saliency"].shape)
+        else:
+            region = torch.from_numpy(selection_mask(full["saliency"], cfg.mask_rule, cfg.mask_threshold))
+        n = len(full["teacher_out"])
         # Each epoch's order depends on (seed, epoch) only, so a resumed run repeats the uninterrupted one.
         order = np.random.default_rng((cfg.seed, epoch)).permutation(n)
+        student.train()
         for i in range(0, n, cfg.batch_size):
             idx = torch.from_numpy(order[i:i + cfg.batch_size])
             inputs = tuple(tensors[name][idx] for name in names)
-            loss = distillation_loss(student(*inputs), teacher_out[idx], task.action.continuous, cfg.temperature)
+            loss = distillation_loss(student(*inputs), tensors["teacher_out"][idx], task.action.continuous,
+                                     cfg.temperature)
             reg = gradient_penalty(student, inputs, region[idx]) if lam > 0 else torch.zeros(())
             optimizer.zero_grad()
             (loss + lam * reg).backward()
             optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}", reg=f"{reg.item():.4f}", refresh=False)
-            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", reg=f"{reg.item():.4f}", frames=n, refresh=False)
+        student.eval()
+        if epoch + 1 in collect_after:
+            k = collect_after.index(epoch + 1)
+            new = collect(teacher, task, cfg.dagger_frames, DAGGER_SEED + 1000 * k + 10_000 * cfg.seed,
+                          progress=False, actor=student)
+            add_perturbation_maps(teacher, task, new, progress=False)
+            added = {key: np.concatenate([added[key], new[key].astype(np.float32)]) for key in keys}
         with atomic_path(resume_path) as tmp:
-            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
+            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "config": asdict(cfg), "added": {k: torch.from_numpy(v) for k, v in added.items()}}, tmp)
+        bar.update(1)
     bar.close()
     student.eval()
-    save_checkpoint(out, student, task.name, "student", distill=asdict(cfg))
+    save_checkpoint(out, student, task.name, "student", distill=asdict(cfg),
+                    frames={"labels": int(len(data["teacher_out"])), "dagger": int(len(added["teacher_out"]))})
     resume_path.unlink(missing_ok=True)
     return student

@@ -19,13 +19,6 @@ ObsHook = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED + i, never seen in training
 
 
-def act(task: Task, head_out: np.ndarray) -> np.ndarray:
-    """Deployed action from a head output (batched): greedy for discrete, clipped mean for continuous."""
-    if task.action.continuous:
-        return np.clip(head_out, task.action.low, task.action.high)
-    return head_out.argmax(axis=-1)
-
-
 def batched(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k: v[None] for k, v in arrays.items()}
 
@@ -60,7 +53,7 @@ def rollout(head: HeadFn, task: Task, episodes: int, seed: int = EVAL_SEED,
                 inputs = batched(task.preprocess(raw))
                 if obs_hook is not None:
                     inputs = obs_hook(inputs)
-                action = act(task, np.asarray(head(inputs)))[0]
+                action = task.action.choose(np.asarray(head(inputs)))[0]
                 raw, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 steps += 1
@@ -85,32 +78,39 @@ def torch_head(policy: Any) -> HeadFn:
 
 
 # ------------------------------------------------------------------------------------- saliency metrics
+# One implementation of the map statistics, shared by `evaluate` (against the teacher's maps) and the
+# precision fidelity report (against the fp32 graph's maps).
 def _flat(maps: np.ndarray) -> np.ndarray:
     return maps.reshape(maps.shape[0], -1).astype(np.float64)
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame Pearson correlation of two (N, H, W) map batches (0 where a map is constant)."""
-    x, y = _flat(a), _flat(b)
-    x = x - x.mean(1, keepdims=True)
-    y = y - y.mean(1, keepdims=True)
-    denom = np.sqrt((x * x).sum(1) * (y * y).sum(1))
-    return np.where(denom > 0, (x * y).sum(1) / np.where(denom > 0, denom, 1), 0.0)
+def pearson(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Pearson r of each pair of maps (N, ...). A constant map has no correlation: r = 1 if both maps are
+    constant and equal (e.g. both all-zero), else 0."""
+    ref, cand = _flat(ref), _flat(cand)
+    a = ref - ref.mean(axis=1, keepdims=True)
+    b = cand - cand.mean(axis=1, keepdims=True)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    flat_a = na <= 1e-12 * np.maximum(np.abs(ref).max(axis=1), 1.0)
+    flat_b = nb <= 1e-12 * np.maximum(np.abs(cand).max(axis=1), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(axis=1) / (na * nb)
+    r = np.where(flat_a | flat_b, 0.0, np.clip(r, -1.0, 1.0))
+    both_flat_equal = flat_a & flat_b & np.all(np.isclose(ref, cand), axis=1)
+    return np.where(both_flat_equal, 1.0, r)
 
 
-def top_fraction_mask(maps: np.ndarray, fraction: float) -> np.ndarray:
-    """Boolean (N, H*W): each frame's top `fraction` of pixels by value (ties broken by position)."""
-    flat = _flat(maps)
-    k = max(1, int(round(fraction * flat.shape[1])))
-    idx = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(flat.shape, dtype=bool)
-    np.put_along_axis(mask, idx, True, axis=1)
-    return mask
+def top_iou(ref: np.ndarray, cand: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """IoU of the pixel sets at or above each map's k-th largest value, k = ceil(fraction · pixels).
 
-
-def top_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    ma, mb = top_fraction_mask(a, fraction), top_fraction_mask(b, fraction)
-    return (ma & mb).sum(1) / np.maximum((ma | mb).sum(1), 1)
+    Ties at the threshold are all kept, so quantized maps with many equal values are not penalised by an
+    arbitrary choice among them."""
+    ref, cand = _flat(ref), _flat(cand)
+    k = max(1, int(np.ceil(fraction * ref.shape[1])))
+    ta = -np.partition(-ref, k - 1, axis=1)[:, k - 1:k]
+    tb = -np.partition(-cand, k - 1, axis=1)[:, k - 1:k]
+    ma, mb = ref >= ta, cand >= tb
+    return (ma & mb).sum(axis=1) / np.maximum((ma | mb).sum(axis=1), 1)
 
 
 def pointing(maps: np.ndarray, target_masks: np.ndarray) -> np.ndarray:

@@ -7,13 +7,13 @@ plus `teacher_out` (teacher logits or action means), `saliency` (N, H, W) teache
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from edge_digr.errors import UserError
-from edge_digr.evaluation import act, batched
+from edge_digr.evaluation import batched
 from edge_digr.fileio import PathLike, atomic_path
 from edge_digr.perturbation import PerturbationConfig
 from edge_digr.policies import PixelPolicy
@@ -23,9 +23,14 @@ from edge_digr.tasks import Task, fetch_target_mask
 LABEL_KEYS = ("teacher_out", "saliency", "episode")
 
 
-def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: bool = True) -> Dict[str, np.ndarray]:
-    """Frames visited by the teacher, acting by sampling its own distribution (discrete) or by its mean
-    plus Gaussian exploration noise (continuous), so that the frames cover more than one greedy path."""
+def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: bool = True,
+            actor: Optional[PixelPolicy] = None) -> Dict[str, np.ndarray]:
+    """Frames visited by `actor` (default: the teacher), labelled with the teacher's outputs.
+
+    The actor samples its own distribution (discrete) or adds Gaussian exploration noise to its mean
+    (continuous), so that the frames cover more than one greedy path. A student as actor gives the
+    DAgger frames: the states the student reaches, with the teacher's answer there."""
+    actor = actor or teacher
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
@@ -34,11 +39,14 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
     rows.update(teacher_out=[], episode=[], target_mask=[])
     episode, steps = 0, 0
     raw, _ = env.reset(seed=seed)
-    with tqdm(total=frames, desc=f"rollouts {task.name}", unit="frame", disable=not progress) as bar:
+    who = "teacher" if actor is teacher else "student"
+    with tqdm(total=frames, desc=f"{who} rollouts {task.name}", unit="frame", disable=not progress) as bar:
         while len(rows["episode"]) < frames:
             inputs = task.preprocess(raw)
+            feed = batched(inputs)
             with torch.no_grad():
-                out = teacher(*teacher.inputs_from(batched(inputs)))[0].numpy()
+                out = teacher(*teacher.inputs_from(feed))[0].numpy()
+                acting = out if actor is teacher else actor(*actor.inputs_from(feed))[0].numpy()
             for name, value in inputs.items():
                 rows[name].append(value)
             rows["teacher_out"].append(out)
@@ -46,9 +54,9 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
             if task.name == "minigrid-fetch":
                 rows["target_mask"].append(fetch_target_mask(env))
             if task.action.continuous:
-                action = act(task, out[None] + rng.normal(0.0, 0.2, size=out.shape))[0]
+                action = task.action.choose(acting + rng.normal(0.0, 0.2, size=acting.shape))
             else:
-                p = np.exp(out - out.max())
+                p = np.exp(acting - acting.max())
                 action = int(rng.choice(len(p), p=p / p.sum()))
             raw, _, terminated, truncated, _ = env.step(action)
             steps += 1
@@ -63,19 +71,26 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
     return data
 
 
-def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLike,
-          config: PerturbationConfig = PerturbationConfig(), progress: bool = True) -> Dict[str, np.ndarray]:
+def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.ndarray],
+                          config: PerturbationConfig = PerturbationConfig(), progress: bool = True) -> None:
+    """data["saliency"] = the teacher's perturbation map of every frame in `data`."""
     from tqdm import tqdm
 
-    data = collect(teacher, task, frames, seed, progress)
     names = [spec.name for spec in task.inputs]
     explainer = Perturbation(teacher, config)
     maps = []
     chunk = 16
+    frames = len(data["obs"])
     for start in tqdm(range(0, frames, chunk), desc="perturbation saliency", unit="batch", disable=not progress):
         inputs = tuple(torch.from_numpy(data[n][start:start + chunk]) for n in names)
         maps.append(explainer.attribute(inputs))
     data["saliency"] = np.concatenate(maps).astype(np.float32)
+
+
+def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLike,
+          config: PerturbationConfig = PerturbationConfig(), progress: bool = True) -> Dict[str, np.ndarray]:
+    data = collect(teacher, task, frames, seed, progress)
+    add_perturbation_maps(teacher, task, data, config, progress)
     save_labels(out, data)
     return data
 

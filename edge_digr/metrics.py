@@ -37,7 +37,6 @@ def open_policy(path: str, task: Task) -> PolicyHandle:
         return PolicyHandle(head=lambda feed: runner.infer(feed)[head_name],
                             saliency=lambda feed: runner.infer(feed)["saliency"],
                             kind="onnx" if path.endswith(".onnx") else "tensorrt")
-    import torch
 
     from edge_digr.checkpoint import load_policy
     from edge_digr.evaluation import torch_head
@@ -79,7 +78,7 @@ def saliency_timing(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray
 
 
 def evaluate_policy(handle: PolicyHandle, task: Task, episodes: int, labels_path: Optional[str] = None,
-                    seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+                    seed: int = 0, progress: bool = True, timing: bool = True) -> Dict[str, Any]:
     from edge_digr.evaluation import EVAL_SEED
 
     metrics: Dict[str, Any] = rollout(handle.head, task, episodes, seed=EVAL_SEED + 1000 * seed,
@@ -87,5 +86,6 @@ def evaluate_policy(handle: PolicyHandle, task: Task, episodes: int, labels_path
     if labels_path:
         test = held_out_frames(labels_path, task)
         metrics.update(saliency_metrics(handle, task, test))
-        metrics["time_ms"] = saliency_timing(handle, task, test)
+        if timing:
+            metrics["time_ms"] = saliency_timing(handle, task, test)
     return metrics

@@ -50,7 +50,7 @@ class CheckReport:
                 for p in self.parity]
         out += [f"  note: {n}" for n in self.notes]
         out += [f"  violation: {v}" for v in self.violations]
-        out.append(f"OK: no violations" if self.ok else f"FAILED: {len(self.violations)} violation(s)")
+        out.append("OK: no violations" if self.ok else f"FAILED: {len(self.violations)} violation(s)")
         return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import onnx
 import torch

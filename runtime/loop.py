@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_digr.errors import UserError
 from edge_digr.manifest import Manifest
+from edge_digr.tasks import ActionSpec
 from edge_digr.runtime.feeds import Feed, Frame
 from edge_digr.runtime.runners import Runner
 
@@ -75,13 +76,10 @@ class RunSummary:
 
 def choose_action(outputs: Dict[str, np.ndarray], manifest: Manifest) -> Any:
     """Greedy discrete action (argmax of logits), or the action mean clipped to the task's bounds."""
-    act = manifest.action
-    if manifest.continuous:
-        mean = np.asarray(outputs["action"], dtype=np.float32)
-        low = np.asarray(act["low"], np.float32) if act.get("low") else -np.inf
-        high = np.asarray(act["high"], np.float32) if act.get("high") else np.inf
-        return np.clip(mean, low, high).astype(np.float32)
-    return int(np.argmax(outputs["logits"]))
+    spec = ActionSpec.from_dict(manifest.action)
+    head = np.asarray(outputs["action" if spec.continuous else "logits"]).reshape(-1, spec.n)
+    chosen = spec.choose(head)[0]
+    return chosen if spec.continuous else int(chosen)
 
 
 def idle_action(manifest: Manifest) -> Any:

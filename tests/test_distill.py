@@ -106,3 +106,19 @@ def test_distill_rejects_bad_options():
         DistillConfig(mask_threshold=1.5).validate()
     with pytest.raises(UserError, match="--mode"):
         DistillConfig(mode="magic").validate()
+
+
+def test_dagger_rounds_add_student_frames_labelled_by_the_teacher(tmp_path):
+    from edge_digr.checkpoint import load_checkpoint
+    from edge_digr.distill import dagger_epochs
+
+    assert dagger_epochs(30, 2) == [10, 20] and dagger_epochs(4, 1) == [2]
+    task = get_task("minigrid-fetch")
+    torch.manual_seed(0)
+    teacher = PixelPolicy(PolicyConfig.for_task(task, "edge")).eval()
+    cfg = DistillConfig(mode="digr", lam=1.0, epochs=2, batch_size=8, arch="edge", dagger_rounds=1, dagger_frames=5)
+    distill(task, _labels(task), cfg, tmp_path / "s.pt", progress=False, teacher=teacher)
+    _, config = load_checkpoint(tmp_path / "s.pt")
+    assert config["frames"] == {"labels": 12, "dagger": 5}
+    with pytest.raises(UserError, match="need the teacher"):
+        distill(task, _labels(task), cfg, tmp_path / "t.pt", progress=False)
