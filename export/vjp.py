@@ -2,7 +2,8 @@
 
 `torch.onnx.export` cannot export `autograd.grad`, and TensorRT has no autograd, so the backward pass is
 built explicitly: the policy is traced with torch.fx, every node on a path from `obs` to the head output
-gets its transpose (Conv2d -> ConvTranspose2d with the same weights, Linear -> MatMul with the weight,
+gets its transpose (Conv2d -> the transposed convolution: a Conv with flipped, rearranged weights where
+that is exact and faster, else ConvTranspose2d with the same weights; Linear -> MatMul with the weight,
 ReLU -> multiply by the forward activation mask, reshape -> reshape back, add -> fan-out, cat -> slice,
 ...), and the result is one `nn.Module` (`FusedSaliency`) whose forward returns the head output and the
 saliency. Nodes that do not depend on `obs` (e.g. the mission gate) need no transpose; a constant
@@ -292,6 +293,66 @@ def _reshape_back(b: _Builder, node: fx.Node, *_: Any) -> _Rule:
 
 
 # ---- linear layers: the transpose with the same weights
+# ONNX Runtime's CPU ConvTranspose (GEMM + col2im in plain NCHW) costs 1.5-1.7x the Conv it transposes
+# (Nature-CNN, batch 32, 1 thread), while Conv gets the blocked NCHWc kernels. So where it is exact and
+# cheap, the transpose is written as an ordinary Conv instead: with flipped, in/out-swapped weights at
+# stride 1, and for stride s with kernel k = m*s as s_h*s_w stride-1 "phase" convolutions in one Conv
+# (pixel s*q + r of the input gradient only sees the taps r, r + s, ... of the kernel) whose output
+# channels are interleaved back into space. Other cases keep ConvTranspose.
+def _phase_weight(w: torch.Tensor, stride: Sequence[int], groups: int) -> torch.Tensor:
+    """Conv weight (C_in*s_h*s_w, C_out/groups, m_h, m_w) of the transposed conv; channels (c_in, r, t)."""
+    cout, cin_g, kh, kw = w.shape
+    (sh, sw), mh, mw = stride, kh // stride[0], kw // stride[1]
+    # Reversing the taps with index_select, not flip: torch.onnx cannot constant-fold flip's negative-step
+    # Slice (it warns; edge_digr's own folding would still remove it).
+    w = w.reshape(groups, cout // groups, cin_g, mh, sh, mw, sw)
+    reverse = lambda n: torch.arange(n - 1, -1, -1, device=w.device)  # noqa: E731
+    w = w.index_select(3, reverse(mh)).index_select(5, reverse(mw))
+    return w.permute(0, 2, 4, 6, 1, 3, 5).reshape(groups * cin_g * sh * sw, cout // groups, mh, mw)
+
+
+def _interleave(y: torch.Tensor, channels: int, stride: Sequence[int], h: int, w: int) -> torch.Tensor:
+    """(N, C*s_h*s_w, h, w), channels (c, r, t) -> (N, C, h*s_h, w*s_w) with pixel (q*s_h + r, p*s_w + t).
+
+    Two 3-D Transposes rather than DepthToSpace: ONNX Runtime's CPU DepthToSpace (and a 6-D Transpose)
+    took 1.6-1.9x (and > 3x) as long on the Nature-CNN's gradients.
+    """
+    sh, sw = stride
+    if sw > 1:
+        y = y.reshape(-1, sw, h * w).transpose(1, 2)
+    y = y.reshape(-1, sh, h, w * sw)
+    if sh > 1:
+        y = y.transpose(1, 2)
+    return y.reshape(-1, channels, h * sh, w * sw)
+
+
+def _transpose_as_conv(src: Sequence[int], dst: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                       padding: Sequence[int], out_pad: Sequence[int], dilation: Sequence[int], groups: int
+                       ) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The input gradient of the conv src -> dst as a Conv (+ interleave, crop), None where it does not apply."""
+    strided = any(s > 1 for s in stride)
+    if strided and (any(d > 1 for d in dilation) or any(k % s for k, s in zip(kernel, stride))):
+        return None
+    m = [k // s for k, s in zip(kernel, stride)]
+    reach = [d * (mi - 1) for d, mi in zip(dilation, m)]  # "full" padding of the phase correlation
+    # The forward padding p crops p rows off the start of the transposed output and p - output_padding
+    # rows off its end: whole phase rows of that (c per end) are cropped by padding the Conv less, the
+    # rest by a Slice. Where p < output_padding, c = -1 pads the Conv one phase row more, which yields
+    # the zero gradient of the input rows the forward dropped (no Pad needed).
+    cut = [min((p - op) // s, r) for p, op, s, r in zip(padding, out_pad, stride, reach)]
+    conv_pad = [r - c for r, c in zip(reach, cut)]
+    h, w = (o + r - 2 * c for o, r, c in zip(dst[2:], reach, cut))  # the Conv's output size
+    start = [p - s * c for p, s, c in zip(padding, stride, cut)]
+    crop = start != [0, 0] or [stride[0] * h, stride[1] * w] != list(src[2:])
+
+    def fn(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(g, _phase_weight(weight, stride, groups), None, 1, conv_pad, dilation, groups)
+        if strided:
+            y = _interleave(y, src[1], stride, h, w)
+        return y[:, :, start[0]:start[0] + src[2], start[1]:start[1] + src[3]] if crop else y
+    return fn
+
+
 def _conv(b: _Builder, node: fx.Node, x: fx.Node, weight: Callable[[], torch.Tensor], stride: Sequence[int],
           padding: Any, dilation: Sequence[int], groups: int) -> _Rule:
     src, dst = b.shape(x), b.shape(node)
@@ -313,9 +374,14 @@ def _conv(b: _Builder, node: fx.Node, x: fx.Node, weight: Callable[[], torch.Ten
     if any(p < 0 or p >= max(stride[i], dilation[i]) for i, p in enumerate(out_pad)):
         raise b.refuse(node, f"cannot invert its output size {dst} -> {src}")
     L = b.layout
+    as_conv = _transpose_as_conv(src, dst, kernel, stride, padding, out_pad, dilation, groups)
 
     def fn(g: torch.Tensor, v: Sequence[Any]) -> Grads:
-        gx = F.conv_transpose2d(L.to_batch(g, dst), weight(), None, stride, padding, out_pad, groups, dilation)
+        g = L.to_batch(g, dst)
+        if as_conv is not None:
+            gx = as_conv(g, weight())
+        else:
+            gx = F.conv_transpose2d(g, weight(), None, stride, padding, out_pad, groups, dilation)
         return [(x, L.reshape(gx, src) if L.k else gx)]
     return _Rule(node, (), fn)
 
