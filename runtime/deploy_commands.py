@@ -23,7 +23,7 @@ import click
               help="Forward-only model; default for .onnx: derived from the fused graph. Needed for a plan.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Torch checkpoint for the eager forward+autograd baseline (default: the manifest's source).")
-@click.option("--threads", type=int, help="Torch threads of the eager baseline.")
+@click.option("--threads", type=int, help="Threads of ONNX Runtime's intra-op pool and of the torch baseline.")
 @click.option("--layer-iterations", default=20, show_default=True, type=int,
               help="Calls in the per-layer profiling pass (0 skips it).")
 @click.option("--power-rail", help="tegrastats rail for power and energy (default: VDD_IN or POM_5V_IN).")

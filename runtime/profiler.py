@@ -316,7 +316,7 @@ class ProfileConfig:
     rounds: int = 10  # interleaving rounds (1: each variant in one block)
     perturbation_iterations: int = 5  # frames; each is (H/stride)·(W/stride) forward passes
     perturbation: PerturbationConfig = PerturbationConfig()
-    threads: Optional[int] = None  # torch threads of the eager baseline (default: torch's own)
+    threads: Optional[int] = None  # ONNX Runtime intra-op and torch threads (default: each library's own)
     layer_iterations: int = 20  # 0 skips the per-layer pass
     tegrastats_interval_ms: int = 100
     power_rail: Optional[str] = None  # default: the input rail (VDD_IN / POM_5V_IN)
@@ -376,6 +376,11 @@ def machine() -> Dict[str, Any]:
             "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
+def _ort_threads(path: Path, threads: Optional[int]) -> Dict[str, Any]:
+    """Runner options pinning ONNX Runtime's intra-op pool (TensorRT plans take none)."""
+    return {"threads": threads} if threads and path.suffix.lower() == ".onnx" else {}
+
+
 def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Optional[PathLike] = None,
             checkpoint: Optional[PathLike] = None) -> Dict[str, Any]:
     """Profile a fused model (`.onnx` or a TensorRT plan) and its baselines; returns the JSON-able report."""
@@ -393,7 +398,7 @@ def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Opt
     copies: Dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        fused = stack.enter_context(open_runner(engine))
+        fused = stack.enter_context(open_runner(engine, **_ort_threads(engine, cfg.threads)))
         manifest = fused.manifest
         head = head_output(manifest)
         feed = random_feed(manifest, cfg.batch, cfg.seed)
@@ -408,7 +413,7 @@ def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Opt
                 "a TensorRT plan has no forward-only subgraph: pass --forward with the plan built from the "
                 "bundle's forward-only ONNX")
         else:
-            fwd = stack.enter_context(open_runner(forward))
+            fwd = stack.enter_context(open_runner(forward, **_ort_threads(Path(forward), cfg.threads)))
             todo.append(Variant("forward", f"forward-only graph: {head}", lambda: fwd.infer(feed), cfg.batch,
                                 cfg.iterations, cfg.warmup))
             if cfg.perturbation_iterations:

@@ -12,7 +12,10 @@ import pytest
 from edge_digr.errors import UserError
 from edge_digr.manifest import for_task, write_sidecar
 from edge_digr.runtime import OnnxRuntimeRunner, Runner, open_runner
+from edge_digr.tasks import get_task
 from runtime_fixtures import contract_onnx, reference_outputs
+
+FETCH_ACTIONS = get_task("minigrid-fetch").action.n
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def test_runner_interface_and_outputs(fetch_onnx):
         out = runner.infer(feed)
         ref = reference_outputs("minigrid-fetch", feed, seed=3)
         assert set(out) == {"logits", "saliency"}
-        assert out["logits"].shape == (3, 7) and out["saliency"].shape == (3, 40, 40)
+        assert out["logits"].shape == (3, FETCH_ACTIONS) and out["saliency"].shape == (3, 40, 40)
         # the mission really reaches its own input: the reference depends on both inputs
         np.testing.assert_allclose(out["logits"], ref["logits"], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(out["saliency"], ref["saliency"], rtol=1e-5, atol=1e-6)
@@ -53,7 +56,7 @@ def test_runner_interface_and_outputs(fetch_onnx):
 def test_infer_outside_with_activates_lazily(fetch_onnx):
     runner = open_runner(fetch_onnx)
     out = runner.infer(_fetch_feed(1))
-    assert out["logits"].shape == (1, 7)
+    assert out["logits"].shape == (1, FETCH_ACTIONS)
     runner.close()
 
 
@@ -168,5 +171,5 @@ def test_runtime_imports_and_infers_without_torch(fetch_onnx):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     shapes, torch_loaded = out.stdout.strip().splitlines()
-    assert json.loads(shapes) == {"logits": [1, 7], "saliency": [1, 40, 40]}
+    assert json.loads(shapes) == {"logits": [1, FETCH_ACTIONS], "saliency": [1, 40, 40]}
     assert torch_loaded == "False"
