@@ -151,6 +151,10 @@ class _Builder:
         # input normalisation obs * (1/255) before the first conv): one full-resolution pass fewer.
         self.fold: Dict[str, float] = {}  # layer node -> factor for its backward weight
         self.folded: set = set()  # scaling nodes whose backward is then the identity
+        # The layer whose input gradient is the obs gradient up to folded scalings. Without raw_grad its
+        # transpose returns the saliency itself: the max over channels of |g| commutes with the spatial
+        # interleave and crop, so reducing first moves C times fewer bytes through them.
+        self.saliency_layer: Optional[str] = None
 
     def constant_scale(self, node: fx.Node) -> Optional[float]:
         """The factor of `tensor * number` / `tensor / number` nodes, else None."""
@@ -176,6 +180,19 @@ class _Builder:
             if user.op == "call_module" and isinstance(self.modules[user.target], (nn.Conv2d, nn.Linear)):
                 self.fold[user.name] = self.fold.get(user.name, 1.0) * factor
                 self.folded.add(node.name)
+
+    def plan_saliency(self, obs: fx.Node, path: Sequence[fx.Node]) -> None:
+        on_path = {n.name for n in path}
+        node = obs
+        while len(node.users) == 1:
+            (user,) = node.users
+            if user.name not in on_path:
+                return
+            if user.name not in self.folded:
+                if user.op == "call_module" and isinstance(self.modules[user.target], nn.Conv2d):
+                    self.saliency_layer = user.name
+                return
+            node = user
 
     def backward_weight(self, node: fx.Node, mod: nn.Module) -> torch.Tensor:
         factor = self.fold.get(node.name)
@@ -326,10 +343,17 @@ def _interleave(y: torch.Tensor, channels: int, stride: Sequence[int], h: int, w
     return y.reshape(-1, channels, h * sh, w * sw)
 
 
+def _saliency(g: torch.Tensor) -> torch.Tensor:
+    return g.abs().amax(dim=1, keepdim=True)  # max over colour/stack channels
+
+
 def _transpose_as_conv(src: Sequence[int], dst: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-                       padding: Sequence[int], out_pad: Sequence[int], dilation: Sequence[int], groups: int
-                       ) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """The input gradient of the conv src -> dst as a Conv (+ interleave, crop), None where it does not apply."""
+                       padding: Sequence[int], out_pad: Sequence[int], dilation: Sequence[int], groups: int,
+                       reduce: bool = False) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The input gradient of the conv src -> dst as a Conv (+ interleave, crop), None where it does not apply.
+
+    With `reduce`, the (N, 1, H, W) saliency of that gradient instead, reduced before the interleave.
+    """
     strided = any(s > 1 for s in stride)
     if strided and (any(d > 1 for d in dilation) or any(k % s for k, s in zip(kernel, stride))):
         return None
@@ -347,8 +371,12 @@ def _transpose_as_conv(src: Sequence[int], dst: Sequence[int], kernel: Sequence[
 
     def fn(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(g, _phase_weight(weight, stride, groups), None, 1, conv_pad, dilation, groups)
+        channels = src[1]
+        if reduce:  # phase channels are (c, r, t): reduce over c, keep the phases
+            y = _saliency(y.reshape(-1, channels, stride[0] * stride[1] * h, w)).reshape(-1, stride[0] * stride[1], h, w)
+            channels = 1
         if strided:
-            y = _interleave(y, src[1], stride, h, w)
+            y = _interleave(y, channels, stride, h, w)
         return y[:, :, start[0]:start[0] + src[2], start[1]:start[1] + src[3]] if crop else y
     return fn
 
@@ -374,7 +402,9 @@ def _conv(b: _Builder, node: fx.Node, x: fx.Node, weight: Callable[[], torch.Ten
     if any(p < 0 or p >= max(stride[i], dilation[i]) for i, p in enumerate(out_pad)):
         raise b.refuse(node, f"cannot invert its output size {dst} -> {src}")
     L = b.layout
-    as_conv = _transpose_as_conv(src, dst, kernel, stride, padding, out_pad, dilation, groups)
+    reduce = node.name == b.saliency_layer
+    as_conv = _transpose_as_conv(src, dst, kernel, stride, padding, out_pad, dilation, groups, reduce)
+    out_shape = (src[0], 1, *src[2:]) if reduce else src
 
     def fn(g: torch.Tensor, v: Sequence[Any]) -> Grads:
         g = L.to_batch(g, dst)
@@ -382,7 +412,8 @@ def _conv(b: _Builder, node: fx.Node, x: fx.Node, weight: Callable[[], torch.Ten
             gx = as_conv(g, weight())
         else:
             gx = F.conv_transpose2d(g, weight(), None, stride, padding, out_pad, groups, dilation)
-        return [(x, L.reshape(gx, src) if L.k else gx)]
+            gx = _saliency(gx) if reduce else gx
+        return [(x, L.reshape(gx, out_shape) if L.k else gx)]
     return _Rule(node, (), fn)
 
 
@@ -547,8 +578,10 @@ class VJP(nn.Module):
     """The backward pass: from the head output and the saved forward values to (saliency, input grad)."""
 
     def __init__(self, rules: List[_Rule], saved: List[str], obs: str, head: str, continuous: bool,
-                 n_out: int):
+                 n_out: int, obs_hw: Sequence[int], reduced: bool = False):
         super().__init__()
+        self.obs_hw = tuple(obs_hw)
+        self.reduced = reduced  # the rules already deliver the saliency as a one-channel obs "gradient"
         self.rules = rules
         self.slot = {name: i for i, name in enumerate(saved)}
         self.obs, self.head = obs, head
@@ -575,7 +608,10 @@ class VJP(nn.Module):
             for target, share in rule.fn(g, [saved[self.slot[n.name]] for n in rule.needs]):
                 grads[target.name] = grads[target.name] + share if target.name in grads else share
         grad = grads[self.obs]
-        saliency = grad.abs().amax(dim=-3)  # max over colour/stack channels
+        if self.reduced:  # drop the channel axis with a constant Reshape (squeeze exports as an If)
+            saliency = grad.reshape(-1, *grad.shape[1:-3], *self.obs_hw)
+        else:
+            saliency = grad.abs().amax(dim=-3)  # max over colour/stack channels
         return saliency, grad
 
 
@@ -662,6 +698,8 @@ def build_vjp(module: nn.Module, example_inputs: Sequence[torch.Tensor], continu
     builder = _Builder(gm, shapes, active, Layout(n_out if continuous else 0))
     path = [n for n in gm.graph.nodes if n.name in active and n.name in reaches_head and n is not obs]
     builder.plan_folds(path)
+    if not raw_grad:
+        builder.plan_saliency(obs, path)
     rules = [builder.rule(n) for n in reversed(path)]
 
     saved: List[fx.Node] = []
@@ -673,5 +711,6 @@ def build_vjp(module: nn.Module, example_inputs: Sequence[torch.Tensor], continu
     graph.output((head, *saved))
     graph.lint()
     gm.recompile()
-    vjp = VJP(rules, [n.name for n in saved], obs.name, head.name, continuous, n_out)
+    vjp = VJP(rules, [n.name for n in saved], obs.name, head.name, continuous, n_out, shapes[obs.name].shape[2:],
+              reduced=builder.saliency_layer is not None)
     return FusedSaliency(gm, vjp, raw_grad)

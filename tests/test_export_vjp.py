@@ -245,6 +245,26 @@ def test_mission_planes_get_no_gradient_and_change_nothing_else(continuous: bool
     assert rel_err(saliency.detach().numpy(), autograd_saliency(net, inputs, continuous)) <= REL_TOL
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_saliency_reduced_before_the_first_layers_interleave(continuous: bool) -> None:
+    """Without raw_grad, the first conv's transpose yields the saliency itself (reduced over channels before
+    its phase interleave); it equals autograd's and the raw_grad graph's saliency."""
+    spec = NetSpec(4, (20, 20), [ConvSpec(6, (4, 4), (2, 2), (0, 0), (1, 1), 1, "relu", False, False),
+                                 ConvSpec(5, (3, 3), (1, 1), (1, 1), (1, 1), 1, "relu", False, False)], 8, 3,
+                   extra_dim=0, extra_into="planes", standardise=False, continuous=continuous)
+    torch.manual_seed(2)
+    net = RandomNet(spec).eval()
+    inputs = make_inputs(spec, 3, 4)
+    reduced = build_vjp(net, inputs, continuous)
+    full = build_vjp(net, inputs, continuous, raw_grad=True)
+    assert reduced.vjp.reduced and not full.vjp.reduced
+    _, saliency = reduced(*inputs)
+    _, full_saliency, _ = full(*inputs)
+    assert saliency.shape == full_saliency.shape
+    assert rel_err(saliency.detach().numpy(), autograd_saliency(net, inputs, continuous)) <= REL_TOL
+    assert rel_err(saliency.detach().numpy(), full_saliency.detach().numpy()) <= REL_TOL
+
+
 class FunctionalNet(nn.Module):
     """Functional forms and a two-branch structure: F.conv2d/F.linear, cat of two obs paths, sub, neg, view."""
 
