@@ -29,17 +29,19 @@ def _teacher(path: str, task_name: str):
 @click.option("--subprocess", is_flag=True, help="Run environments in subprocesses (SubprocVecEnv).")
 @click.option("--checkpoint-every", type=int, default=50_000, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint next to --out.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads for the PPO updates (more help the Atari-size nets, not minigrid's).")
 @seed_option
 @quiet_option
 def train_teacher(task_name: str, out: str, steps: Optional[int], n_envs: Optional[int], subprocess: bool,
-                  checkpoint_every: int, resume: bool, seed: int, quiet: bool) -> None:
+                  checkpoint_every: int, resume: bool, threads: int, seed: int, quiet: bool) -> None:
     """Train a PPO teacher (Stable-Baselines3) and write it as an edge-digr checkpoint."""
     from edge_digr.tasks import get_task
     from edge_digr.teacher import TeacherRun, train_teacher as train
 
     task = get_task(task_name)
     run = TeacherRun(Path(out), steps or task.train.teacher_steps, seed, n_envs, checkpoint_every, subprocess,
-                     progress=not quiet)
+                     progress=not quiet, threads=threads)
     train(task, run, resume=resume)
     click.echo(f"wrote {out} ({run.steps} steps)")
 

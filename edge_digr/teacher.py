@@ -166,5 +166,5 @@ def train_teacher(task: Task, run: TeacherRun, resume: bool = False) -> PixelPol
             model.learn(total_timesteps=run.steps - start, callback=callback, reset_num_timesteps=False)
     finally:
         env.close()
-    callback.save()
+    save_teacher(model, task, run)  # not callback.save(): the callback is unbound when nothing was left to learn
     return actor_of(model, task)

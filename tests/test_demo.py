@@ -55,3 +55,27 @@ def test_every_stage_at_a_tiny_budget(task, tmp_path):
     video = tmp_path / "run.gif"
     invoke("run", "--engine", onnx_path, "--max-steps", "6", "--record", video)
     assert video.stat().st_size > 0
+
+
+def test_teacher_resumes_from_its_checkpoint_with_the_threads_asked_for(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "teacher.pt"
+    try:
+        invoke("train-teacher", "--steps", "256", "--n-envs", "2", "--out", out, "--quiet")
+        assert json.loads(out.with_suffix(".progress.json").read_text())["steps"] == 256
+        first = torch.load(out, weights_only=True)["state_dict"]
+        # Resuming a finished run reloads the SB3 weights and trains nothing: the same teacher comes out.
+        invoke("train-teacher", "--steps", "256", "--n-envs", "2", "--out", out, "--resume", "--quiet")
+        again = torch.load(out, weights_only=True)["state_dict"]
+        assert all(torch.equal(first[k], again[k]) for k in first)
+        invoke("train-teacher", "--steps", "512", "--n-envs", "2", "--out", out, "--resume", "--threads", "2",
+               "--quiet")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads(out.with_suffix(".progress.json").read_text())["steps"] == 512
+    result = CliRunner().invoke(main, ["train-teacher", "--steps", "512", "--out", str(tmp_path / "new.pt"),
+                                       "--resume"])
+    assert result.exit_code != 0 and "nothing to resume" in result.output
