@@ -23,7 +23,7 @@ The interface every runner keeps (selftest, profile and run rely on it):
   ``__exit__``; ``infer`` outside the block activates the runner on first use, ``close()`` frees it.
 
 `open_runner(path, **opts)` picks the runner from the file suffix: ``.onnx`` → :class:`OnnxRuntimeRunner`
-(options: ``providers``, ``threads``), ``.plan``/``.engine``/``.trt`` → ``TensorRTRunner`` (options: ``cuda_graph``).
+(options: ``providers``, ``threads``, ``spin``), ``.plan``/``.engine``/``.trt`` → ``TensorRTRunner`` (options: ``cuda_graph``).
 
 Bad model files are `UserError`s (one line, says what to do): a missing, empty, corrupt or truncated file
 or one without a manifest when opened; a manifest that does not match the graph, or an engine from another
@@ -136,7 +136,7 @@ class OnnxRuntimeRunner(Runner):
     """ONNX Runtime session; uses the TensorRT and CUDA execution providers when the install has them."""
 
     def __init__(self, path: PathLike, manifest: Optional[Manifest] = None,
-                 providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
+                 providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, spin: bool = True):
         _require_file(path)
         manifest = manifest or read_onnx_manifest(path)
         if manifest is None:
@@ -144,6 +144,9 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(path, manifest)
         self.requested_providers = list(providers) if providers else None
         self.threads = threads  # intra-op threads; None: ONNX Runtime's default pool
+        # Idle intra-op workers busy-wait for the next call (lowest latency in a run loop); off where other
+        # work shares the cores between calls, e.g. the profiler's interleaved torch baseline.
+        self.spin = spin
         self.providers: List[str] = []
         self._session: Any = None
 
@@ -160,6 +163,8 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
+        if not self.spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises several types for unloadable models
@@ -216,7 +221,7 @@ def open_runner(path: PathLike, **opts: Any) -> Runner:
     """The runner for a model file, chosen by suffix, with its manifest loaded (see the module docstring)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
-        _check_options(opts, {"providers", "threads"}, "an ONNX model (ONNX Runtime)")
+        _check_options(opts, {"providers", "threads", "spin"}, "an ONNX model (ONNX Runtime)")
         return OnnxRuntimeRunner(path, **opts)
     if suffix in ENGINE_SUFFIXES:
         from edge_digr.runtime.tensorrt_runner import TensorRTRunner

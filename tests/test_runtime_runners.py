@@ -60,6 +60,18 @@ def test_infer_outside_with_activates_lazily(fetch_onnx):
     runner.close()
 
 
+def test_threads_and_spinning_reach_the_session(fetch_onnx):
+    key = "session.intra_op.allow_spinning"
+    with open_runner(fetch_onnx, threads=1, spin=False) as runner:
+        runner.infer(_fetch_feed(2))
+        opts = runner._session.get_session_options()
+        assert opts.intra_op_num_threads == 1 and opts.get_session_config_entry(key) == "0"
+    with open_runner(fetch_onnx) as runner:  # default: ONNX Runtime's own (spinning) pool
+        runner.infer(_fetch_feed(2))
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            runner._session.get_session_options().get_session_config_entry(key)
+
+
 def test_options_of_the_other_runner_are_refused(fetch_onnx):
     with pytest.raises(UserError, match="cuda_graph do not apply to an ONNX model"):
         open_runner(fetch_onnx, cuda_graph=True)
