@@ -4,7 +4,8 @@
 
 Uses the seed folder written by `edge-digr demo` (teacher.pt, labels.npz). Each configuration is
 distilled once into <run>/sweep/ (reused if present) and evaluated on the same held-out frames and
-evaluation seeds as the demo. λ = 0 is plain distillation.
+evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-target logit` penalises the greedy
+logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--task", default="minigrid-fetch")
     parser.add_argument("--lams", default="0,0.1,1,10")
     parser.add_argument("--rules", default="fraction:0.1", help="rule:threshold,... (fraction or topk)")
+    parser.add_argument("--penalty-target", default="logp", choices=["logp", "logit"])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -38,14 +40,15 @@ def main() -> None:
         rule, threshold = rule_spec.split(":")
         for lam in (float(x) for x in args.lams.split(",")):
             mode = "plain" if lam == 0 else "digr"
-            out = args.run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}.pt"
+            target = "" if args.penalty_target == "logp" or mode == "plain" else f"_{args.penalty_target}"
+            out = args.run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{target}.pt"
             if not out.exists():
                 cfg = DistillConfig.for_task(task, mode, args.seed, lam=lam, mask_rule=rule,
-                                             mask_threshold=float(threshold))
+                                             mask_threshold=float(threshold), penalty_target=args.penalty_target)
                 distill(task, train, cfg, out, progress=False, teacher=teacher)
             m = evaluate_policy(open_policy(str(out), task), task, args.episodes, str(labels), args.seed,
                                 progress=False)
-            rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, **m})
+            rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, "target": args.penalty_target, **m})
             print(json.dumps(rows[-1]), flush=True)
     cols = ["return", "success", "saliency_pearson", "saliency_iou_top10", "pointing"]
     print("\n| rule | λ | " + " | ".join(cols) + " |\n|" + " --- |" * (len(cols) + 2))

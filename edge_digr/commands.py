@@ -77,6 +77,9 @@ def distill_options(f):
         click.option("--mask-rule", type=click.Choice(["fraction", "topk"]), default="fraction", show_default=True,
                      help="Non-salient region: below a fraction of the frame max, or outside the top-k share."),
         click.option("--mask-threshold", type=float, default=0.1, show_default=True),
+        click.option("--penalty-target", type=click.Choice(["logp", "logit"]), default="logp", show_default=True,
+                     help="What the penalty differentiates: log π(a*|x), the deployed saliency (DESIGN.md), "
+                          "or the greedy logit (an investigation option, discrete tasks)."),
         click.option("--temperature", type=float, default=1.0, show_default=True),
         click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
                      help="Student architecture."),
@@ -99,9 +102,9 @@ def distill_options(f):
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
-            mask_rule: str, mask_threshold: float, temperature: float, arch: str, epochs: Optional[int],
-            dagger_rounds: Optional[int], dagger_frames: Optional[int], resume: bool, seed: int,
-            quiet: bool) -> None:
+            mask_rule: str, mask_threshold: float, penalty_target: str, temperature: float, arch: str,
+            epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int], resume: bool,
+            seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
     from edge_digr.distill import DistillConfig, distill as run
     from edge_digr.labels import load_labels, split
@@ -110,8 +113,8 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     task = get_task(task_name)
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
-                           temperature=temperature, arch=arch, epochs=epochs, dagger_rounds=dagger_rounds,
-                           dagger_frames=dagger_frames)
+                                 penalty_target=penalty_target, temperature=temperature, arch=arch, epochs=epochs,
+                                 dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
     run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name))
     click.echo(f"wrote {out}")
 

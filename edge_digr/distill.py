@@ -24,6 +24,7 @@ from edge_digr.tasks import Task
 
 MODES = ("digr", "plain", "igr")
 MASK_RULES = ("fraction", "topk")
+PENALTY_TARGETS = ("logp", "logit")
 
 
 @dataclass
@@ -40,6 +41,10 @@ class DistillConfig:
     seed: int = 0
     dagger_rounds: int = 0  # student rollouts labelled by the teacher and added during training
     dagger_frames: int = 2000  # frames per DAgger round
+    # What the penalty differentiates: "logp" is DESIGN.md's target, log π(a*|x), the deployed saliency.
+    # "logit" (z_a*, discrete tasks) is an investigation option: log π(a*) has a vanishing gradient where
+    # the student is confident, so its penalty barely reaches those frames; z_a*'s does not vanish.
+    penalty_target: str = "logp"
 
     @classmethod
     def for_task(cls, task: Task, mode: str, seed: int = 0, **overrides: Any) -> "DistillConfig":
@@ -53,6 +58,8 @@ class DistillConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.penalty_target not in PENALTY_TARGETS:
+            raise UserError(f"--penalty-target must be one of {', '.join(PENALTY_TARGETS)}, not {self.penalty_target!r}")
         if self.mask_rule not in MASK_RULES:
             raise UserError(f"--mask-rule must be one of {', '.join(MASK_RULES)}, not {self.mask_rule!r}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -84,9 +91,9 @@ def distillation_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, cont
                     log_target=True, reduction="batchmean") * t * t
 
 
-def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor, target: str = "logp") -> torch.Tensor:
     """mean over frames of Σ A·(∂g/∂(x/255))², summed over channels and action components."""
-    grad = input_gradient(student, inputs, create_graph=True) * 255.0
+    grad = input_gradient(student, inputs, create_graph=True, target=target) * 255.0
     sq = grad.pow(2).sum(dim=-3)  # over channels → (N, H, W) or (N, K, H, W)
     if sq.dim() == 4:
         sq = sq.sum(dim=1)
@@ -158,7 +165,7 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
             inputs = tuple(tensors[name][idx] for name in names)
             loss = distillation_loss(student(*inputs), tensors["teacher_out"][idx], task.action.continuous,
                                      cfg.temperature)
-            reg = gradient_penalty(student, inputs, region[idx]) if lam > 0 else torch.zeros(())
+            reg = gradient_penalty(student, inputs, region[idx], cfg.penalty_target) if lam > 0 else torch.zeros(())
             optimizer.zero_grad()
             (loss + lam * reg).backward()
             optimizer.step()

@@ -41,6 +41,21 @@ def test_penalty_counts_only_selected_pixels(continuous):
     assert gradient_penalty(policy, (obs,), region).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_logit_penalty_target_differentiates_the_greedy_logit():
+    policy = _policy()
+    obs = (torch.rand(3, 2, 9, 9) * 255).requires_grad_(True)
+    logits = policy(obs)
+    greedy = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (grad,) = torch.autograd.grad(greedy, obs)
+    region = torch.ones(3, 9, 9)
+    expected = (grad * 255.0).pow(2).sum(-3).flatten(1).sum(1).mean()
+    got = gradient_penalty(policy, (obs.detach(),), region, target="logit")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() != pytest.approx(gradient_penalty(policy, (obs.detach(),), region).item(), rel=1e-3)
+    with pytest.raises(UserError, match="--penalty-target"):
+        DistillConfig(penalty_target="logits").validate()
+
+
 def test_penalty_gradient_reaches_the_weights_and_lowers_the_penalty():
     policy = _policy()
     obs = torch.rand(8, 2, 9, 9) * 255
