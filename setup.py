@@ -44,7 +44,9 @@ setup(
     extras_require={
         "envs": ENVS,
         "train": TRAIN,
-        "test": ["pytest>=7", "hypothesis>=6.80", "onnx>=1.16"],
+        # The CARLA client runs the reconnect tests against real sockets; its wheels are x86_64 Linux/Windows.
+        "test": ["pytest>=7", "hypothesis>=6.80", "onnx>=1.16",
+                 "carla==0.9.16; platform_machine == 'x86_64' and platform_system != 'Darwin'"],
         "trt": ["tensorrt", "pycuda"],
         "calibrate": ["onnx>=1.14"],  # INT8 QDQ quantization (onnxruntime.quantization needs onnx)
         "carla": ["carla==0.9.16"],
