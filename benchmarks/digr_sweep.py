@@ -5,7 +5,9 @@
 Uses the seed folder written by `edge-digr demo` (teacher.pt, labels.npz). Each configuration is
 distilled once into <run>/sweep/ (reused if present) and evaluated on the same held-out frames and
 evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-target logit` penalises the greedy
-logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target).
+logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target); `--penalty-norm share`
+penalises the share of the gradient's energy in A rather than its size; `--rules soft:0` weights every
+pixel by 1 − S/max S (the threshold is unused).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--lams", default="0,0.1,1,10")
     parser.add_argument("--rules", default="fraction:0.1", help="rule:threshold,... (fraction or topk)")
     parser.add_argument("--penalty-target", default="logp", choices=["logp", "logit"])
+    parser.add_argument("--penalty-norm", default="none", choices=["none", "share"])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -40,15 +43,18 @@ def main() -> None:
         rule, threshold = rule_spec.split(":")
         for lam in (float(x) for x in args.lams.split(",")):
             mode = "plain" if lam == 0 else "digr"
-            target = "" if args.penalty_target == "logp" or mode == "plain" else f"_{args.penalty_target}"
-            out = args.run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{target}.pt"
+            variant = "" if mode == "plain" else "".join(
+                f"_{v}" for v, default in ((args.penalty_target, "logp"), (args.penalty_norm, "none")) if v != default)
+            out = args.run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
             if not out.exists():
                 cfg = DistillConfig.for_task(task, mode, args.seed, lam=lam, mask_rule=rule,
-                                             mask_threshold=float(threshold), penalty_target=args.penalty_target)
+                                             mask_threshold=float(threshold), penalty_target=args.penalty_target,
+                                             penalty_norm=args.penalty_norm)
                 distill(task, train, cfg, out, progress=False, teacher=teacher)
             m = evaluate_policy(open_policy(str(out), task), task, args.episodes, str(labels), args.seed,
                                 progress=False)
-            rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, "target": args.penalty_target, **m})
+            rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, "target": args.penalty_target,
+                         "norm": args.penalty_norm, **m})
             print(json.dumps(rows[-1]), flush=True)
     cols = ["return", "success", "saliency_pearson", "saliency_iou_top10", "pointing"]
     print("\n| rule | λ | " + " | ".join(cols) + " |\n|" + " --- |" * (len(cols) + 2))

@@ -74,12 +74,16 @@ def distill_options(f):
     for option in reversed([
         click.option("--mode", type=click.Choice(["digr", "plain", "igr"]), default="digr", show_default=True),
         click.option("--lam", type=float, default=None, help="Gradient-penalty weight λ (default: the task's)."),
-        click.option("--mask-rule", type=click.Choice(["fraction", "topk"]), default="fraction", show_default=True,
-                     help="Non-salient region: below a fraction of the frame max, or outside the top-k share."),
+        click.option("--mask-rule", type=click.Choice(["fraction", "topk", "soft"]), default="fraction",
+                     show_default=True, help="Non-salient region: below a fraction of the frame max, outside the "
+                                             "top-k share, or soft weights 1 − S/max S (no threshold)."),
         click.option("--mask-threshold", type=float, default=0.1, show_default=True),
         click.option("--penalty-target", type=click.Choice(["logp", "logit"]), default="logp", show_default=True,
                      help="What the penalty differentiates: log π(a*|x), the deployed saliency (DESIGN.md), "
                           "or the greedy logit (an investigation option, discrete tasks)."),
+        click.option("--penalty-norm", type=click.Choice(["none", "share"]), default="none", show_default=True,
+                     help="none: ‖A ⊙ ∇g‖² (DESIGN.md); share: divided by ‖∇g‖² per frame, so only where the "
+                          "gradient lies is penalised, not its size (an investigation option)."),
         click.option("--temperature", type=float, default=1.0, show_default=True),
         click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
                      help="Student architecture."),
@@ -102,8 +106,8 @@ def distill_options(f):
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
-            mask_rule: str, mask_threshold: float, penalty_target: str, temperature: float, arch: str,
-            epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int], resume: bool,
+            mask_rule: str, mask_threshold: float, penalty_target: str, penalty_norm: str, temperature: float,
+            arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int], resume: bool,
             seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
     from edge_digr.distill import DistillConfig, distill as run
@@ -113,7 +117,8 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     task = get_task(task_name)
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
-                                 penalty_target=penalty_target, temperature=temperature, arch=arch, epochs=epochs,
+                                 penalty_target=penalty_target, penalty_norm=penalty_norm, temperature=temperature,
+                                 arch=arch, epochs=epochs,
                                  dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
     run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name))
     click.echo(f"wrote {out}")

@@ -23,15 +23,18 @@ from edge_digr.saliency import input_gradient
 from edge_digr.tasks import Task
 
 MODES = ("digr", "plain", "igr")
-MASK_RULES = ("fraction", "topk")
+MASK_RULES = ("fraction", "topk", "soft")
 PENALTY_TARGETS = ("logp", "logit")
+PENALTY_NORMS = ("none", "share")
 
 
 @dataclass
 class DistillConfig:
     mode: str = "digr"
     lam: float = 1.0  # weight of the input-gradient penalty (ignored by `plain`)
-    mask_rule: str = "fraction"  # fraction: non-salient = below threshold × frame max; topk: outside the top threshold share
+    # fraction: non-salient = below threshold × frame max; topk: outside the top threshold share;
+    # soft: every pixel weighted 1 − S/max S (no threshold), so the penalty also shapes the salient region.
+    mask_rule: str = "fraction"
     mask_threshold: float = 0.1
     temperature: float = 1.0
     arch: str = "teacher"  # student architecture: the teacher's, or the smaller `edge`
@@ -45,6 +48,9 @@ class DistillConfig:
     # "logit" (z_a*, discrete tasks) is an investigation option: log π(a*) has a vanishing gradient where
     # the student is confident, so its penalty barely reaches those frames; z_a*'s does not vanish.
     penalty_target: str = "logp"
+    # "none" is DESIGN.md's ‖A ⊙ ∇g‖², which also rewards shrinking the gradient everywhere; "share" divides
+    # each frame's term by ‖∇g‖², penalising only where the gradient lies (an investigation option).
+    penalty_norm: str = "none"
 
     @classmethod
     def for_task(cls, task: Task, mode: str, seed: int = 0, **overrides: Any) -> "DistillConfig":
@@ -60,6 +66,8 @@ class DistillConfig:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.penalty_target not in PENALTY_TARGETS:
             raise UserError(f"--penalty-target must be one of {', '.join(PENALTY_TARGETS)}, not {self.penalty_target!r}")
+        if self.penalty_norm not in PENALTY_NORMS:
+            raise UserError(f"--penalty-norm must be one of {', '.join(PENALTY_NORMS)}, not {self.penalty_norm!r}")
         if self.mask_rule not in MASK_RULES:
             raise UserError(f"--mask-rule must be one of {', '.join(MASK_RULES)}, not {self.mask_rule!r}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -71,8 +79,14 @@ class DistillConfig:
 
 
 def selection_mask(maps: np.ndarray, rule: str, threshold: float) -> np.ndarray:
-    """A: 1 on the teacher's non-salient pixels of each (N, H, W) map, 0 on the salient ones."""
+    """A: 1 on the teacher's non-salient pixels of each (N, H, W) map, 0 on the salient ones.
+
+    The `soft` rule weights instead of selecting: 1 − S/max S, 0 at the frame's peak (threshold unused).
+    """
     flat = maps.reshape(len(maps), -1)
+    if rule == "soft":
+        peak = np.maximum(flat.max(axis=1, keepdims=True), 1e-12)
+        return (1.0 - flat / peak).reshape(maps.shape).astype(np.float32)
     if rule == "fraction":
         keep = flat >= threshold * flat.max(axis=1, keepdims=True)
     else:  # topk: the `threshold` share of pixels with the highest score is salient
@@ -91,13 +105,23 @@ def distillation_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, cont
                     log_target=True, reduction="batchmean") * t * t
 
 
-def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor, target: str = "logp") -> torch.Tensor:
-    """mean over frames of Σ A·(∂g/∂(x/255))², summed over channels and action components."""
+SHARE_EPS = 1e-8  # keeps the share defined on frames whose gradient vanishes (a saturated log π)
+
+
+def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor, target: str = "logp",
+                     norm: str = "none") -> torch.Tensor:
+    """mean over frames of Σ A·(∂g/∂(x/255))², summed over channels and action components.
+
+    norm="share" divides each frame's sum by Σ (∂g/∂(x/255))²: the share of the gradient's energy in A.
+    """
     grad = input_gradient(student, inputs, create_graph=True, target=target) * 255.0
     sq = grad.pow(2).sum(dim=-3)  # over channels → (N, H, W) or (N, K, H, W)
     if sq.dim() == 4:
         sq = sq.sum(dim=1)
-    return (sq * region).flatten(1).sum(1).mean()
+    inside = (sq * region).flatten(1).sum(1)
+    if norm == "share":
+        inside = inside / (sq.flatten(1).sum(1) + SHARE_EPS)
+    return inside.mean()
 
 
 DAGGER_SEED = 100_000  # student rollouts use seeds far from the label and evaluation seeds
@@ -165,7 +189,7 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
             inputs = tuple(tensors[name][idx] for name in names)
             loss = distillation_loss(student(*inputs), tensors["teacher_out"][idx], task.action.continuous,
                                      cfg.temperature)
-            reg = gradient_penalty(student, inputs, region[idx], cfg.penalty_target) if lam > 0 else torch.zeros(())
+            reg = gradient_penalty(student, inputs, region[idx], cfg.penalty_target, cfg.penalty_norm) if lam > 0 else torch.zeros(())
             optimizer.zero_grad()
             (loss + lam * reg).backward()
             optimizer.step()

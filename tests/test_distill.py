@@ -28,6 +28,35 @@ def test_selection_mask_topk_rule_keeps_the_top_share_salient():
     assert a.sum() == 8 and a[0, 1, 3] == 0 and a[0, 1, 4] == 0
 
 
+def test_selection_mask_soft_rule_weights_by_distance_from_the_peak():
+    maps = np.array([[[0.0, 0.5], [2.0, 1.5]], [[0.0, 0.0], [0.0, 0.0]]], np.float32)
+    a = selection_mask(maps, "soft", 0.1)
+    np.testing.assert_allclose(a[0], [[1.0, 0.75], [0.0, 0.25]])
+    np.testing.assert_array_equal(a[1], np.ones((2, 2)))  # a blank map penalises everywhere
+
+
+def test_share_penalty_is_the_gradient_energy_share_in_the_region_and_ignores_scale():
+    policy = _policy()
+    obs = torch.rand(2, 2, 9, 9) * 255
+    sq = (input_gradient(policy, (obs,)) * 255.0).pow(2).sum(-3)
+    region = torch.zeros(2, 9, 9)
+    region[:, :4] = 1.0
+    share = ((sq * region).flatten(1).sum(1) / sq.flatten(1).sum(1)).mean()
+    got = gradient_penalty(policy, (obs,), region, norm="share")
+    assert 0.0 < got.item() < 1.0 and got.item() == pytest.approx(share.item(), rel=1e-5)
+    # Scaling the head by 3 scales the greedy logit's gradient by 3: its share stays, its size grows 9×.
+    share_before = gradient_penalty(policy, (obs,), region, target="logit", norm="share").item()
+    size_before = gradient_penalty(policy, (obs,), region, target="logit").item()
+    with torch.no_grad():
+        policy.head.weight.mul_(3.0)
+        policy.head.bias.mul_(3.0)
+    assert gradient_penalty(policy, (obs,), region, target="logit", norm="share").item() == pytest.approx(
+        share_before, rel=1e-4)
+    assert gradient_penalty(policy, (obs,), region, target="logit").item() == pytest.approx(9 * size_before, rel=1e-4)
+    with pytest.raises(UserError, match="--penalty-norm"):
+        DistillConfig(penalty_norm="ratio").validate()
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 def test_penalty_counts_only_selected_pixels(continuous):
     policy = _policy(continuous)
