@@ -135,15 +135,29 @@ def entropy_calibrator(cache_path: PathLike, batch_size: int, batches: Optional[
     cuda = import_pycuda_driver() if batches is not None else None
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        """TensorRT calls these from C++ and only logs what they raise, so each one keeps the first
+        exception in `error` for the builder to raise after `build_serialized_network`."""
+
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11 trampolines need the explicit call
+            self.error: Optional[BaseException] = None
             self._iter = iter(batches) if batches is not None else iter(())
             self._device = {n: cuda.mem_alloc(batches.nbytes(n)) for n in batches.input_names} if batches else {}
+
+        def _guard(self, call, *args):
+            try:
+                return call(*args)
+            except Exception as exc:  # noqa: BLE001 -- re-raised by the builder
+                self.error = self.error or exc
+                return None
 
         def get_batch_size(self) -> int:
             return batch_size
 
         def get_batch(self, names: List[str]) -> Optional[List[int]]:
+            return self._guard(self._next_batch, names)
+
+        def _next_batch(self, names: List[str]) -> Optional[List[int]]:
             batch = next(self._iter, None)
             if batch is None:
                 return None  # tells TensorRT the calibration set is exhausted
@@ -152,9 +166,14 @@ def entropy_calibrator(cache_path: PathLike, batch_size: int, batches: Optional[
             return [int(self._device[name]) for name in names]
 
         def read_calibration_cache(self) -> Optional[bytes]:
-            return read_cache(cache_path, trt.__version__)
+            return self._guard(read_cache, cache_path, trt.__version__)
 
         def write_calibration_cache(self, cache: Any) -> None:
-            write_cache(cache_path, bytes(cache))
+            self._guard(lambda: write_cache(cache_path, bytes(cache)))
+
+        def free(self) -> None:
+            for buf in self._device.values():
+                buf.free()
+            self._device = {}
 
     return EntropyCalibrator()

@@ -94,6 +94,11 @@ def check_options(opts: BuildOptions, manifest: Manifest) -> str:
         raise UserError(f"{opts.calib_cache} does not exist yet: pass --calib-data FRAMES.npz to calibrate")
     if opts.calib_batch < 1:
         raise UserError(f"--calib-batch must be at least 1, got {opts.calib_batch}")
+    for spec in manifest.inputs:  # calibration runs at a fixed batch of calib_batch
+        lead = spec["shape"][0]
+        if lead not in (-1, None) and lead != opts.calib_batch:
+            raise UserError(f"input {spec['name']!r} has a fixed batch of {lead}; pass --calib-batch {lead} "
+                            "or re-export with a dynamic batch")
     return "calibrate"
 
 
@@ -221,14 +226,18 @@ def build_engine(opts: BuildOptions, log=print) -> Manifest:
         for name, (lo, opt, hi) in shapes.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
-        # Held here so it outlives the build and frees its device buffers while the context is current.
         calibrator = _attach_calibrator(trt, builder, config, opts, manifest, log) if int8_mode == "calibrate" \
             else None
         _load_timing_cache(config, opts.timing_cache, log)
         log(f"building {opts.precision} engine for {device_name} (compute {capability[0]}.{capability[1]}, "
             f"TensorRT {trt.__version__}, batch {opts.batch.min},{opts.batch.opt},{opts.batch.max}) ...")
         plan = builder.build_serialized_network(network, config)
-        del calibrator
+        if calibrator is not None:
+            # Free its device buffers while the context is current (the config keeps the object alive),
+            # and surface what its callbacks raised: TensorRT only logs an exception there and goes on.
+            calibrator.free()
+            if calibrator.error is not None:
+                raise UserError(f"INT8 calibration failed: {calibrator.error}") from calibrator.error
         if plan is None:
             raise UserError(f"TensorRT failed to build an engine from {opts.onnx} (see its log above); "
                             "try a larger --workspace or another --precision")
@@ -265,7 +274,8 @@ def _attach_calibrator(trt: Any, builder: Any, config: Any, opts: BuildOptions, 
 
 def _load_timing_cache(config: Any, path: Optional[Path], log) -> None:
     blob = path.read_bytes() if path is not None and path.exists() else b""
-    if not config.set_timing_cache(config.create_timing_cache(blob), False):
+    cache = config.create_timing_cache(blob)
+    if cache is None or not config.set_timing_cache(cache, False):
         # a cache from another GPU/TensorRT is refused rather than mixed in
         log(f"timing cache {path} does not match this GPU/TensorRT; starting a fresh one")
         config.set_timing_cache(config.create_timing_cache(b""), False)

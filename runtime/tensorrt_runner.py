@@ -191,8 +191,12 @@ class TensorRTRunner(Runner):
         self._enqueue()
         self._stream.synchronize()
         self._stream.begin_capture()
-        self._enqueue()
-        self._graph_exec = self._stream.end_capture().instance()
+        try:
+            self._enqueue()
+        except Exception:
+            self._stream.end_capture()  # leave capture mode, or every later call on the stream fails
+            raise
+        self._graph_exec = self._stream.end_capture().instantiate()  # pycuda: Graph.instantiate() -> GraphExec
 
     # -- inference ------------------------------------------------------------------------------------
     def _infer(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

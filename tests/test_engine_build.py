@@ -76,6 +76,15 @@ def test_check_options_modes(tmp_path):
     assert check_options(_opts(tmp_path, precision="int8", calib_cache=cache), fp32) == "calibrate"
 
 
+def test_calibration_batch_must_fit_a_fixed_batch_input(tmp_path):
+    fixed = _manifest()
+    fixed.inputs = [{"name": "obs", "shape": [1, 3, 40, 40], "dtype": "float32"}]
+    opts = dict(precision="int8", calib_cache=tmp_path / "c.cache", calib_data=tmp_path / "f.npz")
+    with pytest.raises(UserError, match="fixed batch of 1; pass --calib-batch 1"):
+        check_options(_opts(tmp_path, **opts), fixed)  # the default calibration batch is 8
+    assert check_options(_opts(tmp_path, calib_batch=1, **opts), fixed) == "calibrate"
+
+
 @pytest.mark.parametrize("kw, precision, message", [
     (dict(precision="fp64"), "fp32", "--precision"),
     (dict(workspace_mb=0), "fp32", "--workspace"),
