@@ -29,6 +29,10 @@ class CalibrateOptions:
     max_frames: Optional[int] = None
     batch_size: int = 16
     latency_runs: int = 200
+    # "auto": if saliency r is still below threshold with the backward in fp32, leave the forward layers
+    # whose quantization costs it most in fp32 too (greedy, at most max_fp32_layers); "none"; or names.
+    fp32_layers: str = "auto"
+    max_fp32_layers: int = 2
 
 
 def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
@@ -36,7 +40,7 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     write the model and the JSON report; returns the report."""
     from edge_digr.calibration.fidelity import batch1_latency_ms, collect_outputs, compare_outputs, fidelity_table
     from edge_digr.calibration.frames import load_frames, model_inputs
-    from edge_digr.calibration.quantize import QuantizeConfig, quantize_qdq
+    from edge_digr.calibration.quantize import QuantizeConfig, load_model, check_fp32_layers, quantize_qdq
     from edge_digr.fileio import write_json
     from edge_digr.runtime.runners import OnnxRuntimeRunner
 
@@ -44,6 +48,10 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
         raise UserError(f"--keep-backward must be one of {', '.join(KEEP_BACKWARD)}, got {opts.keep_backward!r}")
     if opts.out.resolve() == opts.onnx.resolve():
         raise UserError("--out must differ from the input ONNX (the fp32 model is the reference)")
+    auto_layers = opts.fp32_layers == "auto"
+    named = () if auto_layers or opts.fp32_layers == "none" else \
+        tuple(n.strip() for n in opts.fp32_layers.split(",") if n.strip())
+    check_fp32_layers(load_model(opts.onnx), named, opts.onnx)
     frames = load_frames(opts.data, model_inputs(opts.onnx))
     if opts.max_frames is not None:
         if opts.max_frames < 2:
@@ -58,25 +66,36 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     reference = collect_outputs(fp32, held, opts.batch_size)
 
     cfg = QuantizeConfig(per_channel=opts.per_channel, method=opts.method,
-                         keep_backward=opts.keep_backward == "always", batch_size=opts.batch_size)
+                         keep_backward=opts.keep_backward == "always", batch_size=opts.batch_size,
+                         fp32_layers=named)
     attempts: List[Dict[str, Any]] = []
     rows = {}
-    while True:
+
+    def attempt(cfg: QuantizeConfig):
         result = quantize_qdq(opts.onnx, calib, opts.out, cfg)
         for note in result.notes:
             log(f"note: {note}")
         fidelity = compare_outputs(reference, collect_outputs(OnnxRuntimeRunner(opts.out, providers=cpu), held,
                                                               opts.batch_size), continuous)
-        label = "int8 (backward fp32)" if cfg.keep_backward else "int8"
-        rows[label] = fidelity
         attempts.append({"quantization": result.to_dict(), "fidelity": fidelity.to_dict()})
-        retry = (opts.keep_backward == "auto" and not cfg.keep_backward
-                 and fidelity.saliency_pearson < opts.saliency_threshold)
-        if not retry:
-            break
+        return fidelity
+
+    def label_of(cfg: QuantizeConfig) -> str:
+        kept = (["backward"] if cfg.keep_backward else []) + list(cfg.fp32_layers)
+        return f"int8 ({', '.join(kept)} fp32)" if kept else "int8"
+
+    fidelity = rows[label_of(cfg)] = attempt(cfg)
+    low = fidelity.saliency_pearson < opts.saliency_threshold
+    if low and opts.keep_backward == "auto" and not cfg.keep_backward:
         log(f"saliency Pearson {fidelity.saliency_pearson:.4f} < {opts.saliency_threshold}: "
             "re-quantizing with the backward (gradient) path kept in fp32")
         cfg = replace(cfg, keep_backward=True)
+        fidelity = rows[label_of(cfg)] = attempt(cfg)
+    if auto_layers and cfg.keep_backward and fidelity.saliency_pearson < opts.saliency_threshold:
+        cfg, fidelity = _keep_sensitive_layers(opts, cfg, fidelity, attempt, log)
+        rows[label_of(cfg)] = fidelity
+        attempt(cfg)  # the search's last trial may not be the chosen one: write the chosen model again
+    label = label_of(cfg)
 
     thresholds = {"saliency_pearson": opts.saliency_threshold}
     log(fidelity_table(rows, thresholds))
@@ -99,11 +118,34 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     }
     write_json(opts.report, report)
     if final.saliency_pearson < opts.saliency_threshold:
-        hint = ("even with the backward in fp32: the INT8 forward moves it too far for this model"
-                if cfg.keep_backward else "with the backward in INT8; try --keep-backward auto (or always)")
+        hint = ("even with the backward in fp32: the INT8 forward moves it too far for this model; try "
+                "--max-fp32-layers with a larger number" if cfg.keep_backward
+                else "with the backward in INT8; try --keep-backward auto (or always)")
         log(f"warning: saliency Pearson {final.saliency_pearson:.4f} is below {opts.saliency_threshold} {hint}")
     log(f"wrote {opts.out} ({label}) and {opts.report}")
     return report
+
+
+def _keep_sensitive_layers(opts: CalibrateOptions, cfg, fidelity, attempt, log):
+    """Greedy sensitivity search: each round leaves in fp32 the forward layer whose quantization costs the
+    saliency most (the best r when it alone is added), until r reaches the threshold or the budget is spent."""
+    from edge_digr.calibration.quantize import load_model, forward_weighted_nodes
+
+    candidates = forward_weighted_nodes(load_model(opts.onnx))
+    while fidelity.saliency_pearson < opts.saliency_threshold and len(cfg.fp32_layers) < opts.max_fp32_layers:
+        trials = [replace(cfg, fp32_layers=cfg.fp32_layers + (name,)) for name in candidates
+                  if name not in cfg.fp32_layers]
+        if not trials:
+            break
+        log(f"saliency Pearson {fidelity.saliency_pearson:.4f} < {opts.saliency_threshold}: trying each of "
+            f"{len(trials)} forward layers in fp32")
+        scored = [(attempt(trial), trial) for trial in trials]
+        best, best_cfg = max(scored, key=lambda pair: pair[0].saliency_pearson)
+        if best.saliency_pearson <= fidelity.saliency_pearson:
+            break  # no single layer helps: keep the model INT8 rather than give up precision for nothing
+        log(f"keeping {best_cfg.fp32_layers[-1]} in fp32: saliency Pearson {best.saliency_pearson:.4f}")
+        cfg, fidelity = best_cfg, best
+    return cfg, fidelity
 
 
 @click.command("calibrate")
@@ -124,16 +166,22 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
               help="Keep the gradient (saliency) path in fp32: always, never, or when saliency r < threshold.")
 @click.option("--saliency-threshold", type=float, default=0.95, show_default=True,
               help="Saliency Pearson r below which --keep-backward auto re-quantizes.")
+@click.option("--fp32-layers", default="auto", show_default=True,
+              help="Forward layers left in fp32: auto (when saliency r stays below threshold with the backward in "
+                   "fp32, the most sensitive ones, found by trying each), none, or ONNX node names (comma-separated).")
+@click.option("--max-fp32-layers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="At most this many forward layers kept in fp32 by --fp32-layers auto.")
 @click.option("--max-frames", type=int, default=None, help="Use only the first N frames of --data.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Frames per calibration batch.")
 @click.option("--latency-runs", type=int, default=200, show_default=True,
               help="Batch-1 CPU latency runs per model (0 to skip).")
 def calibrate(onnx_path: Path, data: Path, out: Path, report: Optional[Path], holdout: float, method: str,
-              per_channel: bool, keep_backward: str, saliency_threshold: float, max_frames: Optional[int],
-              batch_size: int, latency_runs: int) -> None:
+              per_channel: bool, keep_backward: str, saliency_threshold: float, fp32_layers: str,
+              max_fp32_layers: int, max_frames: Optional[int], batch_size: int, latency_runs: int) -> None:
     """INT8 QDQ quantization of a fused graph, with a fidelity report against fp32."""
     report = report or out.with_suffix(".fidelity.json")
     calibrate_onnx(CalibrateOptions(onnx=onnx_path, data=data, out=out, report=report, holdout=holdout,
                                     method=method, per_channel=per_channel, keep_backward=keep_backward,
                                     saliency_threshold=saliency_threshold, max_frames=max_frames,
-                                    batch_size=batch_size, latency_runs=latency_runs))
+                                    batch_size=batch_size, latency_runs=latency_runs, fp32_layers=fp32_layers,
+                                    max_fp32_layers=max_fp32_layers))

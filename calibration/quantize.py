@@ -16,7 +16,8 @@ Weights are quantized per output channel where the quantizer manages it; if per-
 fails on this graph (an initializer shared by a forward Gemm and a backward MatMul, which want different
 channel axes: export with `--separate-backward-weights`), the model is quantized per tensor and the reason
 is recorded. The backward (gradient) path, whose nodes carry the exporter's "/vjp/" scope, can be kept in
-fp32 when the saliency must stay closer to fp32.
+fp32 when the saliency must stay closer to fp32, and so can named forward layers (mixed precision: TensorRT
+runs a layer without Q/DQ on its inputs in fp16/fp32): `edge-digr calibrate` finds them by sensitivity.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class QuantizeConfig:
     method: str = "minmax"  # activation range calibration: minmax | entropy | percentile
     keep_backward: bool = False  # leave the gradient (saliency) path in fp32
     batch_size: int = 16  # frames per calibration batch
+    fp32_layers: Tuple[str, ...] = ()  # forward weighted nodes left unquantized (see forward_weighted_nodes)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class QuantizeResult:
     method: str
     keep_backward: bool
     excluded_nodes: int
+    fp32_layers: List[str]
     dequantize_nodes: int  # DequantizeLinear nodes in the QDQ graph
     calibration_frames: int
     notes: List[str] = field(default_factory=list)
@@ -87,7 +90,7 @@ def _onnx():
     return onnx
 
 
-def _load(onnx_path: PathLike):
+def load_model(onnx_path: PathLike):
     onnx = _onnx()
     try:
         return onnx.load(str(onnx_path))
@@ -105,6 +108,21 @@ def _manifest_of(model, onnx_path: PathLike) -> Manifest:
 def is_quantized(model) -> bool:
     """Whether a graph already holds Q/DQ nodes (explicit quantization)."""
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def forward_weighted_nodes(model) -> List[str]:
+    """The forward pass's quantizable layers (Conv/Gemm/MatMul outside the /vjp/ scope), in graph order."""
+    from edge_digr.export import backward_nodes
+
+    backward = set(backward_nodes(model))
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in backward]
+
+
+def check_fp32_layers(model, names, onnx_path: PathLike) -> None:
+    unknown = sorted(set(names) - set(forward_weighted_nodes(model)))
+    if unknown:
+        raise UserError(f"--fp32-layers names no forward layer of {onnx_path}: {', '.join(unknown)}; "
+                        f"choose from {', '.join(forward_weighted_nodes(model))}")
 
 
 def backward_node_names(model) -> List[str]:
@@ -178,11 +196,13 @@ def quantize_qdq(onnx_path: PathLike, calib: Frames, out_path: PathLike,
     onnx = _onnx()
     if cfg.method not in METHODS:
         raise UserError(f"unknown calibration method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    model = _load(onnx_path)
+    model = load_model(onnx_path)
     manifest = _manifest_of(model, onnx_path)
     if is_quantized(model):
         raise UserError(f"{onnx_path} is already quantized (it holds Q/DQ nodes); calibrate the fp32 export")
     exclude = backward_node_names(model) if cfg.keep_backward else []
+    check_fp32_layers(model, cfg.fp32_layers, onnx_path)
+    exclude += list(cfg.fp32_layers)
     notes: List[str] = []
     with _quiet_root_logger(), atomic_path(out_path) as tmp:
         per_channel = cfg.per_channel
@@ -203,6 +223,7 @@ def quantize_qdq(onnx_path: PathLike, calib: Frames, out_path: PathLike,
             raise UserError(f"the INT8 model made from {onnx_path} does not run ({problem})")
         qmodel = onnx.load(str(tmp))
         info = {"method": cfg.method, "per_channel": per_channel, "keep_backward": cfg.keep_backward,
+                "fp32_layers": list(cfg.fp32_layers),
                 "calibration_frames": len(calib), "format": "QDQ", "symmetric": True}
         manifest.precision = "int8"
         manifest.source = Path(onnx_path).name
@@ -217,6 +238,7 @@ def quantize_qdq(onnx_path: PathLike, calib: Frames, out_path: PathLike,
     dequantize = sum(n.op_type == "DequantizeLinear" for n in qmodel.graph.node)
     return QuantizeResult(path=str(out_path), per_channel=per_channel, method=cfg.method,
                           keep_backward=cfg.keep_backward, excluded_nodes=len(exclude),
+                          fp32_layers=list(cfg.fp32_layers),
                           dequantize_nodes=dequantize, calibration_frames=len(calib), notes=notes)
 
 

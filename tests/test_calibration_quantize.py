@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edge_digr.calibration.fidelity import collect_outputs, compare_outputs  # noqa: E402
 from edge_digr.calibration.frames import Frames, save_frames  # noqa: E402
-from edge_digr.calibration.quantize import QuantizeConfig, is_quantized, quantize_qdq  # noqa: E402
+from edge_digr.calibration.quantize import (QuantizeConfig, forward_weighted_nodes, is_quantized,  # noqa: E402
+                                          quantize_qdq)
 from edge_digr.cli import main  # noqa: E402
 from edge_digr.errors import UserError  # noqa: E402
 from edge_digr.fileio import sha256_file  # noqa: E402
@@ -223,12 +224,40 @@ def test_calibrate_command_writes_model_report_and_table(tmp_path):
 @needs_backward_nodes
 def test_calibrate_auto_keeps_backward_in_fp32_below_threshold(tmp_path):
     # A threshold no quantized saliency can reach forces the second attempt.
-    res = _calibrate(tmp_path, "--saliency-threshold", "1.01", "--latency-runs", "0")
+    res = _calibrate(tmp_path, "--saliency-threshold", "1.01", "--latency-runs", "0", "--fp32-layers", "none")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "toy.int8.fidelity.json").read_text())
     assert [a["quantization"]["keep_backward"] for a in report["attempts"]] == [False, True]
     assert report["final"]["label"] == "int8 (backward fp32)" and "warning" in res.output
     assert read_onnx_manifest(tmp_path / "toy.int8.onnx").extra["quantization"]["keep_backward"] is True
+
+
+@needs_backward_nodes
+def test_calibrate_auto_keeps_the_most_sensitive_forward_layer_in_fp32(tmp_path):
+    res = _calibrate(tmp_path, "--saliency-threshold", "1.01", "--latency-runs", "0", "--max-fp32-layers", "1")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "toy.int8.fidelity.json").read_text())
+    forward = forward_weighted_nodes(onnx.load(str(tmp_path / "toy.onnx")))
+    trials = report["attempts"][2:-1]  # after int8 and backward-fp32: one trial per forward layer
+    assert [t["quantization"]["fp32_layers"] for t in trials] == [[name] for name in forward]
+    best = max(trials, key=lambda t: t["fidelity"]["saliency_pearson"])
+    kept = best["quantization"]["fp32_layers"]
+    if best["fidelity"]["saliency_pearson"] > report["attempts"][1]["fidelity"]["saliency_pearson"]:
+        assert report["attempts"][-1]["quantization"]["fp32_layers"] == kept  # the written model is the best trial
+        assert report["final"]["label"] == f"int8 (backward, {kept[0]} fp32)"
+        assert report["final"]["saliency_pearson"] == best["fidelity"]["saliency_pearson"]
+        model = onnx.load(str(tmp_path / "toy.int8.onnx"))
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        node = next(n for n in model.graph.node if n.name == kept[0])
+        assert all(producers.get(i) != "DequantizeLinear" for i in node.input)  # left unquantized
+    else:  # no single layer helped: the backward-fp32 model is kept
+        assert report["final"]["label"] == "int8 (backward fp32)"
+
+
+def test_calibrate_unknown_fp32_layer_is_one_line_error(tmp_path):
+    res = _calibrate(tmp_path, "--fp32-layers", "/model/nope/Conv", "--latency-runs", "0")
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "--fp32-layers names no forward layer" in res.output and "choose from" in res.output
 
 
 def test_calibrate_bad_input_is_one_line_error(tmp_path):
