@@ -40,7 +40,8 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     write the model and the JSON report; returns the report."""
     from edge_digr.calibration.fidelity import batch1_latency_ms, collect_outputs, compare_outputs, fidelity_table
     from edge_digr.calibration.frames import load_frames, model_inputs
-    from edge_digr.calibration.quantize import QuantizeConfig, load_model, check_fp32_layers, quantize_qdq
+    from edge_digr.calibration.quantize import (QuantizeConfig, check_fp32_layers, forward_weighted_nodes,
+                                                load_model, quantize_qdq)
     from edge_digr.fileio import write_json
     from edge_digr.runtime.runners import OnnxRuntimeRunner
 
@@ -51,7 +52,8 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     auto_layers = opts.fp32_layers == "auto"
     named = () if auto_layers or opts.fp32_layers == "none" else \
         tuple(n.strip() for n in opts.fp32_layers.split(",") if n.strip())
-    check_fp32_layers(load_model(opts.onnx), named, opts.onnx)
+    model = load_model(opts.onnx)
+    check_fp32_layers(model, named, opts.onnx)
     frames = load_frames(opts.data, model_inputs(opts.onnx))
     if opts.max_frames is not None:
         if opts.max_frames < 2:
@@ -92,7 +94,7 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
         cfg = replace(cfg, keep_backward=True)
         fidelity = rows[label_of(cfg)] = attempt(cfg)
     if auto_layers and cfg.keep_backward and fidelity.saliency_pearson < opts.saliency_threshold:
-        cfg, fidelity = _keep_sensitive_layers(opts, cfg, fidelity, attempt, log)
+        cfg, fidelity = _keep_sensitive_layers(opts, forward_weighted_nodes(model), cfg, fidelity, attempt, log)
         rows[label_of(cfg)] = fidelity
         attempt(cfg)  # the search's last trial may not be the chosen one: write the chosen model again
     label = label_of(cfg)
@@ -126,12 +128,9 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     return report
 
 
-def _keep_sensitive_layers(opts: CalibrateOptions, cfg, fidelity, attempt, log):
+def _keep_sensitive_layers(opts: CalibrateOptions, candidates: List[str], cfg, fidelity, attempt, log):
     """Greedy sensitivity search: each round leaves in fp32 the forward layer whose quantization costs the
     saliency most (the best r when it alone is added), until r reaches the threshold or the budget is spent."""
-    from edge_digr.calibration.quantize import load_model, forward_weighted_nodes
-
-    candidates = forward_weighted_nodes(load_model(opts.onnx))
     while fidelity.saliency_pearson < opts.saliency_threshold and len(cfg.fp32_layers) < opts.max_fp32_layers:
         trials = [replace(cfg, fp32_layers=cfg.fp32_layers + (name,)) for name in candidates
                   if name not in cfg.fp32_layers]

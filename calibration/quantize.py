@@ -119,10 +119,11 @@ def forward_weighted_nodes(model) -> List[str]:
 
 
 def check_fp32_layers(model, names, onnx_path: PathLike) -> None:
-    unknown = sorted(set(names) - set(forward_weighted_nodes(model)))
+    forward = forward_weighted_nodes(model)
+    unknown = sorted(set(names) - set(forward))
     if unknown:
         raise UserError(f"--fp32-layers names no forward layer of {onnx_path}: {', '.join(unknown)}; "
-                        f"choose from {', '.join(forward_weighted_nodes(model))}")
+                        f"choose from {', '.join(forward)}")
 
 
 def backward_node_names(model) -> List[str]:

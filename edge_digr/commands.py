@@ -107,8 +107,8 @@ def distill_options(f):
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
             mask_rule: str, mask_threshold: float, penalty_target: str, penalty_norm: str, temperature: float,
-            arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int], resume: bool,
-            seed: int, quiet: bool) -> None:
+            arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
+            resume: bool, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
     from edge_digr.distill import DistillConfig, distill as run
     from edge_digr.labels import load_labels, split
@@ -118,8 +118,7 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
                                  penalty_target=penalty_target, penalty_norm=penalty_norm, temperature=temperature,
-                                 arch=arch, epochs=epochs,
-                                 dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
+                                 arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
     run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name))
     click.echo(f"wrote {out}")
 

@@ -189,7 +189,8 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
             inputs = tuple(tensors[name][idx] for name in names)
             loss = distillation_loss(student(*inputs), tensors["teacher_out"][idx], task.action.continuous,
                                      cfg.temperature)
-            reg = gradient_penalty(student, inputs, region[idx], cfg.penalty_target, cfg.penalty_norm) if lam > 0 else torch.zeros(())
+            reg = (gradient_penalty(student, inputs, region[idx], cfg.penalty_target, cfg.penalty_norm) if lam > 0
+                   else torch.zeros(()))
             optimizer.zero_grad()
             (loss + lam * reg).backward()
             optimizer.step()
