@@ -7,7 +7,8 @@ distilled once into <run>/sweep/ (reused if present) and evaluated on the same h
 evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-target logit` penalises the greedy
 logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target); `--penalty-norm share`
 penalises the share of the gradient's energy in A rather than its size; `--rules soft:0` weights every
-pixel by 1 − S/max S (the threshold is unused).
+pixel by 1 − S/max S (the threshold is unused). `--strips DIR` draws each configuration's gradient maps
+beside the demo's plain and DIGR students on the demo's sample frames (DIR/<config>_<i>.png).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 from edge_digr.checkpoint import load_checkpoint
+from edge_digr.demo import COLUMNS, write_strips
 from edge_digr.distill import DistillConfig, distill
 from edge_digr.labels import load_labels, split
 from edge_digr.metrics import evaluate_policy, open_policy
@@ -32,11 +34,13 @@ def main() -> None:
     parser.add_argument("--penalty-norm", default="none", choices=["none", "share"])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strips", type=Path, default=None, help="folder for strips: frame | teacher | plain | "
+                                                                    "DIGR | this configuration")
     args = parser.parse_args()
 
     task = get_task(args.task)
     labels = args.run / "labels.npz"
-    train, _ = split(load_labels(labels, task))
+    train, test = split(load_labels(labels, task))
     teacher, _ = load_checkpoint(args.run / "teacher.pt")
     rows = []
     for rule_spec in args.rules.split(","):
@@ -51,8 +55,13 @@ def main() -> None:
                                              mask_threshold=float(threshold), penalty_target=args.penalty_target,
                                              penalty_norm=args.penalty_norm)
                 distill(task, train, cfg, out, progress=False, teacher=teacher)
-            m = evaluate_policy(open_policy(str(out), task), task, args.episodes, str(labels), args.seed,
-                                progress=False)
+            policy = open_policy(str(out), task)
+            m = evaluate_policy(policy, task, args.episodes, str(labels), args.seed, progress=False)
+            if args.strips:
+                args.strips.mkdir(parents=True, exist_ok=True)
+                handles = {"plain": open_policy(str(args.run / "student_plain.pt"), task),
+                           "digr": open_policy(str(args.run / "student_digr.pt"), task), out.stem: policy}
+                write_strips(handles, task, test, args.strips, {**COLUMNS, out.stem: out.stem}, prefix=out.stem)
             rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, "target": args.penalty_target,
                          "norm": args.penalty_norm, **m})
             print(json.dumps(rows[-1]), flush=True)

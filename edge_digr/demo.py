@@ -19,7 +19,7 @@ from edge_digr.fileio import write_json, write_text
 from edge_digr.tasks import Task
 
 STRIP_FRAMES = 4
-PANELS = ("frame", "teacher perturbation", "plain gradient", "DIGR gradient")
+COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
 
 
 def tiny(task: Task) -> Task:
@@ -90,8 +90,9 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     return report
 
 
-def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray], out: Path) -> List[str]:
-    """One PNG per sample frame: frame | teacher perturbation | plain gradient | DIGR gradient."""
+def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray], out: Path,
+                 columns: Dict[str, str] = COLUMNS, prefix: str = "strip") -> List[str]:
+    """One PNG per sample frame: frame | teacher perturbation | each column's gradient map."""
     from PIL import Image, ImageDraw
 
     from edge_digr.evaluation import collapse_components
@@ -100,21 +101,22 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
     count = min(STRIP_FRAMES, len(test["obs"]))
     picks = np.linspace(0, len(test["obs"]) - 1, count).astype(int)
     feed = {spec.name: test[spec.name][picks] for spec in task.inputs}
-    maps = {m: collapse_components(handles[m].saliency(feed)) for m in ("plain", "digr")}
+    maps = {title: collapse_components(handles[name].saliency(feed)) for title, name in columns.items()}
+    titles = ["frame", "teacher perturbation", *columns]
     names = []
     for i in range(count):
         frame = display_frame(feed["obs"][i])
-        panels = [frame, heat_overlay(frame, test["saliency"][picks[i]]),
-                  heat_overlay(frame, maps["plain"][i]), heat_overlay(frame, maps["digr"][i])]
+        panels = [frame, heat_overlay(frame, test["saliency"][picks[i]])] + \
+            [heat_overlay(frame, maps[title][i]) for title in columns]
         scale = max(1, 160 // frame.shape[0])
         tiles = [Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST) for p in panels]
         w, h = tiles[0].size
         strip = Image.new("RGB", (w * len(tiles), h + 14), "white")
         draw = ImageDraw.Draw(strip)
-        for j, (tile, title) in enumerate(zip(tiles, PANELS)):
+        for j, (tile, title) in enumerate(zip(tiles, titles)):
             strip.paste(tile, (j * w, 14))
             draw.text((j * w + 2, 1), title, fill="black")
-        name = f"strip_{i}.png"
+        name = f"{prefix}_{i}.png"
         strip.save(out / name)
         names.append(name)
     return names
