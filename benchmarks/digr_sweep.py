@@ -43,6 +43,10 @@ def main() -> None:
     train, test = split(load_labels(labels, task))
     teacher, _ = load_checkpoint(args.run / "teacher.pt")
     rows = []
+    if args.strips:
+        args.strips.mkdir(parents=True, exist_ok=True)
+    demo_students = {mode: open_policy(str(args.run / f"student_{mode}.pt"), task)
+                     for mode in ("plain", "digr")} if args.strips else {}
     for rule_spec in args.rules.split(","):
         rule, threshold = rule_spec.split(":")
         for lam in (float(x) for x in args.lams.split(",")):
@@ -58,10 +62,8 @@ def main() -> None:
             policy = open_policy(str(out), task)
             m = evaluate_policy(policy, task, args.episodes, str(labels), args.seed, progress=False)
             if args.strips:
-                args.strips.mkdir(parents=True, exist_ok=True)
-                handles = {"plain": open_policy(str(args.run / "student_plain.pt"), task),
-                           "digr": open_policy(str(args.run / "student_digr.pt"), task), out.stem: policy}
-                write_strips(handles, task, test, args.strips, {**COLUMNS, out.stem: out.stem}, prefix=out.stem)
+                write_strips({**demo_students, out.stem: policy}, task, test, args.strips,
+                             {**COLUMNS, out.stem: out.stem}, prefix=out.stem)
             rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, "target": args.penalty_target,
                          "norm": args.penalty_norm, **m})
             print(json.dumps(rows[-1]), flush=True)

@@ -96,7 +96,7 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
     if auto_layers and cfg.keep_backward and fidelity.saliency_pearson < opts.saliency_threshold:
         cfg, fidelity = _keep_sensitive_layers(opts, forward_weighted_nodes(model), cfg, fidelity, attempt, log)
         rows[label_of(cfg)] = fidelity
-        attempt(cfg)  # the search's last trial may not be the chosen one: write the chosen model again
+        quantize_qdq(opts.onnx, calib, opts.out, cfg)  # the last trial written may not be the one chosen
     label = label_of(cfg)
 
     thresholds = {"saliency_pearson": opts.saliency_threshold}

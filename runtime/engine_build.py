@@ -65,6 +65,12 @@ class BuildOptions:
     calib_batch: int = 8
 
 
+def fixed_batch(spec: Mapping[str, Any]) -> Optional[int]:
+    """The input's batch size if the model fixes it, None if it is dynamic (-1 or None in the manifest)."""
+    lead = spec["shape"][0]
+    return None if lead in (-1, None) else int(lead)
+
+
 def check_options(opts: BuildOptions, manifest: Manifest) -> str:
     """Validate the options against the model; returns the INT8 mode: '' (no INT8), 'qdq' or 'calibrate'."""
     if opts.precision not in PRECISIONS:
@@ -95,8 +101,8 @@ def check_options(opts: BuildOptions, manifest: Manifest) -> str:
     if opts.calib_batch < 1:
         raise UserError(f"--calib-batch must be at least 1, got {opts.calib_batch}")
     for spec in manifest.inputs:  # calibration runs at a fixed batch of calib_batch
-        lead = spec["shape"][0]
-        if lead not in (-1, None) and lead != opts.calib_batch:
+        lead = fixed_batch(spec)
+        if lead is not None and lead != opts.calib_batch:
             raise UserError(f"input {spec['name']!r} has a fixed batch of {lead}; pass --calib-batch {lead} "
                             "or re-export with a dynamic batch")
     return "calibrate"
@@ -126,8 +132,8 @@ def profile_shapes(inputs: Sequence[Mapping[str, Any]], batch: BatchProfile) -> 
         name, dims = spec["name"], list(spec["shape"])
         if any(d in (-1, None) for d in dims[1:]):
             raise UserError(f"input {name!r} has a dynamic non-batch dimension {dims}; only the batch may vary")
-        lead = dims[0]
-        if lead not in (-1, None) and not batch.min == batch.max == lead:
+        lead = fixed_batch(spec)
+        if lead is not None and not batch.min == batch.max == lead:
             raise UserError(f"input {name!r} has a fixed batch of {lead}; pass --batch {lead} "
                             "or re-export with a dynamic batch")
         rest = tuple(int(d) for d in dims[1:])
