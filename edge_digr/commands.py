@@ -24,22 +24,46 @@ def _teacher(path: str, task_name: str):
 @click.command("train-teacher")
 @task_option
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="teacher.pt to write.")
-@click.option("--steps", type=int, default=None, help="PPO environment steps (default: the task's budget).")
-@click.option("--n-envs", type=int, default=None, help="Vectorised environments (default: the task's).")
-@click.option("--subprocess", is_flag=True, help="Run environments in subprocesses (SubprocVecEnv).")
-@click.option("--checkpoint-every", type=int, default=50_000, show_default=True, help="Steps between checkpoints.")
+@click.option("--method", type=click.Choice(["ppo", "expert"]), default=None,
+              help="ppo: Stable-Baselines3 PPO; expert: DAgger imitation of the task's privileged controller "
+                   "(default: the task's, see the README's task table).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Environment steps: PPO's, or all DAgger rounds' together (default: the task's budget).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="DAgger rounds, --method expert only (default: the task's).")
+@click.option("--updates-per-round", type=click.IntRange(min=1), default=None,
+              help="Gradient steps after each DAgger round, --method expert only (default: the task's).")
+@click.option("--n-envs", type=click.IntRange(min=1), default=None,
+              help="Vectorised environments, --method ppo only (default: the task's).")
+@click.option("--subprocess", is_flag=True, help="Run PPO's environments in subprocesses (SubprocVecEnv).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50_000, show_default=True,
+              help="PPO steps between checkpoints (DAgger checkpoints after every round).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint next to --out.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch threads for the PPO updates (more help the Atari-size nets, not minigrid's).")
+              help="torch threads for the network updates (more help the Atari-size nets, not minigrid's).")
 @seed_option
 @quiet_option
-def train_teacher(task_name: str, out: str, steps: Optional[int], n_envs: Optional[int], subprocess: bool,
-                  checkpoint_every: int, resume: bool, threads: int, seed: int, quiet: bool) -> None:
-    """Train a PPO teacher (Stable-Baselines3) and write it as an edge-digr checkpoint."""
+def train_teacher(task_name: str, out: str, method: Optional[str], steps: Optional[int], rounds: Optional[int],
+                  updates_per_round: Optional[int], n_envs: Optional[int], subprocess: bool, checkpoint_every: int, resume: bool, threads: int,
+                  seed: int, quiet: bool) -> None:
+    """Train a teacher, by PPO or by DAgger imitation of a privileged expert, and write it as a checkpoint."""
     from edge_digr.tasks import get_task
-    from edge_digr.teacher import TeacherRun, train_teacher as train
 
     task = get_task(task_name)
+    method = method or task.train.teacher_method
+    if method == "expert":
+        from edge_digr.experts import make_expert
+        from edge_digr.imitation import ImitationConfig, ImitationRun, train_imitation
+
+        expert = make_expert(task.name)
+        config = ImitationConfig.for_task(task, steps, seed, rounds=rounds, updates_per_round=updates_per_round)
+        train_imitation(task, expert, ImitationRun(Path(out), config, threads, progress=not quiet), resume=resume)
+        click.echo(f"wrote {out} ({config.rounds} DAgger rounds, {config.rounds * config.steps_per_round} steps)")
+        return
+    if rounds is not None or updates_per_round is not None:
+        raise click.UsageError("--rounds and --updates-per-round apply to --method expert only")
+    from edge_digr.teacher import TeacherRun, train_teacher as train
+
     run = TeacherRun(Path(out), steps or task.train.teacher_steps, seed, n_envs, checkpoint_every, subprocess,
                      progress=not quiet, threads=threads)
     train(task, run, resume=resume)

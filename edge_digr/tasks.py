@@ -77,6 +77,12 @@ class TrainSpec:
     dagger_frames: int = 2000
     max_episode_steps: Optional[int] = None
     expected_wall_time: str = ""
+    # How `train-teacher` gets this task's teacher by default: "ppo", or "expert" (DAgger imitation of a
+    # privileged controller, edge_digr.imitation). For "expert", teacher_steps counts the environment steps
+    # of all DAgger rounds together.
+    teacher_method: str = "ppo"
+    imitation_rounds: int = 6
+    imitation_updates: int = 1000  # gradient steps after each DAgger round
 
 
 @dataclass(frozen=True)
@@ -245,10 +251,12 @@ TASKS: Dict[str, Task] = {
         action=ActionSpec("discrete", 4, ("noop", "fire", "right", "left")),
         teacher_arch=NATURE,
         edge_arch=NATURE_EDGE,
-        train=TrainSpec(teacher_steps=10_000_000, n_envs=8, n_steps=128, batch_size=256, n_epochs=4,
+        # PPO from scratch needs ~10M steps (~30 h on 2 cores); DAgger on the RAM expert needs far fewer frames.
+        train=TrainSpec(teacher_steps=120_000, n_envs=8, n_steps=128, batch_size=256, n_epochs=4,
                         learning_rate=2.5e-4, ent_coef=0.01, label_frames=5000, distill_epochs=20,
-                        eval_episodes=10, max_episode_steps=27_000,
-                        expected_wall_time="about 30 hours for 10M steps on 2 CPU cores; about 3 hours on one GPU"),
+                        eval_episodes=10, max_episode_steps=27_000, teacher_method="expert",
+                        imitation_rounds=6, imitation_updates=1500,
+                        expected_wall_time="DAgger on the RAM expert: see docs/RESULTS.md (PPO: ~30 h for 10M steps)"),
         make_env=_make_atari,
         preprocess=_preprocess_atari,
     ),
@@ -259,10 +267,12 @@ TASKS: Dict[str, Task] = {
         action=ActionSpec("continuous", 3, ("steer", "gas", "brake"), low=(-1.0, 0.0, 0.0), high=(1.0, 1.0, 1.0)),
         teacher_arch=NATURE,
         edge_arch=NATURE_EDGE,
-        train=TrainSpec(teacher_steps=2_000_000, n_envs=8, n_steps=256, batch_size=256, n_epochs=10,
+        # PPO needs ~2M steps (~12 h on 2 cores); DAgger on the track-geometry expert needs ~50k frames.
+        train=TrainSpec(teacher_steps=48_000, n_envs=8, n_steps=256, batch_size=256, n_epochs=10,
                         learning_rate=3e-4, ent_coef=0.0, label_frames=5000, distill_epochs=20,
-                        eval_episodes=10, max_episode_steps=1000,
-                        expected_wall_time="about 12 hours for 2M steps on 2 CPU cores"),
+                        eval_episodes=20, max_episode_steps=1000, teacher_method="expert",
+                        imitation_rounds=6, imitation_updates=1000,
+                        expected_wall_time="DAgger on the track expert: see docs/RESULTS.md (PPO: ~12 h for 2M steps)"),
         make_env=_make_car_racing,
         preprocess=_preprocess_rgb,
         success=lambda ret: ret >= 900.0,  # the task's "solved" threshold
@@ -276,7 +286,7 @@ TASKS: Dict[str, Task] = {
         edge_arch=NATURE_EDGE,
         train=TrainSpec(teacher_steps=1_000_000, n_envs=1, n_steps=1024, batch_size=256, n_epochs=10,
                         learning_rate=3e-4, ent_coef=0.0, label_frames=3000, distill_epochs=20,
-                        eval_episodes=5, max_episode_steps=1000,
+                        eval_episodes=5, max_episode_steps=1000, teacher_method="expert",
                         expected_wall_time="server-bound: about 20 FPS synchronous, so ~14 hours for 1M steps"),
         make_env=_make_carla,
         preprocess=_preprocess_rgb,
