@@ -178,13 +178,21 @@ def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_p
 @click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
               help="tiny: seconds-long smoke run (tests); full: the task's budgets.")
 @click.option("--modes", default="digr,plain", show_default=True, help="Students to distil (digr,plain,igr).")
+@click.option("--teacher", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Use this teacher.pt instead of training one or using the shipped one.")
+@click.option("--train-teacher", "train", is_flag=True,
+              help="Train the teacher (the task's method) even where a trained one ships in models/.")
 @seed_option
 @quiet_option
-def demo(task_name: str, out: str, budget: str, modes: str, seed: int, quiet: bool) -> None:
-    """Teacher → labels → DIGR and plain students → evaluation → report.md and metrics.json."""
+def demo(task_name: str, out: str, budget: str, modes: str, teacher: Optional[str], train: bool, seed: int,
+         quiet: bool) -> None:
+    """Teacher → labels → DIGR and plain students → evaluation → report.md and metrics.json.
+
+    minigrid-fetch trains its teacher (minutes); car-racing and atari-breakout use the teacher shipped in
+    models/ unless --teacher or --train-teacher says otherwise."""
     from edge_digr.demo import run_demo
     from edge_digr.tasks import get_task
 
     report = run_demo(get_task(task_name), Path(out), budget, [m.strip() for m in modes.split(",") if m.strip()],
-                      seed, progress=not quiet)
+                      seed, progress=not quiet, teacher=Path(teacher) if teacher else None, train_teacher=train)
     click.echo(f"report: {report}")

@@ -10,7 +10,7 @@ import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -22,20 +22,50 @@ STRIP_FRAMES = 4
 COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
 
 
+MODELS = Path(__file__).resolve().parents[1] / "models"  # the trained models that ship with the repository
+
+
 def tiny(task: Task) -> Task:
     """Seconds-long budgets for smoke tests: every stage runs, nothing is learnt."""
     return task.with_train(teacher_steps=2 * 64, n_envs=2, n_steps=64, batch_size=64, n_epochs=1,
                            label_frames=10, distill_epochs=2, dagger_rounds=1, dagger_frames=6, eval_episodes=2,
-                           max_episode_steps=50)
+                           max_episode_steps=50, imitation_rounds=2, imitation_updates=2)
 
 
-def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True) -> Path:
+def shipped_teacher(task: Task) -> Path:
+    path = MODELS / task.name / "teacher.pt"
+    if not path.exists():
+        raise UserError(f"no shipped teacher for {task.name} at {path}; pass --teacher PATH or --train-teacher")
+    return path
+
+
+def make_teacher(task: Task, out: Path, seed: int, progress: bool) -> None:
+    """Train `out` the task's way: PPO, or DAgger on its privileged expert; resumes an interrupted run."""
+    if task.train.teacher_method == "expert":
+        from edge_digr.experts import make_expert
+        from edge_digr.imitation import ImitationConfig, ImitationRun, train_imitation
+
+        run = ImitationRun(out, ImitationConfig.for_task(task, seed=seed), progress=progress)
+        train_imitation(task, make_expert(task.name), run, resume=run.state_path.exists())
+    else:
+        from edge_digr.teacher import TeacherRun, train_teacher
+
+        train_teacher(task, TeacherRun(out, task.train.teacher_steps, seed, progress=progress),
+                      resume=out.with_suffix(".progress.json").exists())
+
+
+def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True,
+             teacher: Optional[Path] = None, train_teacher: bool = False) -> Path:
+    """The pipeline into `out`. The teacher is `teacher` if given; else trained, for the tasks whose teacher
+    takes minutes (minigrid-fetch) or with `train_teacher` or a tiny budget; else the shipped one, for the
+    tasks whose teacher takes hours (the expert-imitation tasks)."""
     from edge_digr.checkpoint import load_checkpoint
     from edge_digr.distill import DistillConfig, distill
     from edge_digr.labels import label, load_labels, split
     from edge_digr.metrics import evaluate_policy, open_policy, saliency_timing
-    from edge_digr.teacher import TeacherRun, train_teacher
 
+    if teacher is not None and train_teacher:
+        raise UserError("pass either --teacher PATH or --train-teacher, not both")
     for needed in ("digr", "plain"):
         if needed not in modes:
             raise UserError(f"--modes must include digr and plain (the report compares them), got {modes}")
@@ -46,16 +76,21 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     stages: Dict[str, float] = {}
 
     start = time.perf_counter()
-    teacher_pt = out / "teacher.pt"
-    if not teacher_pt.exists():
-        train_teacher(task, TeacherRun(teacher_pt, t.teacher_steps, seed, progress=progress), resume=(out / "teacher.progress.json").exists())
-    teacher, _ = load_checkpoint(teacher_pt)
+    trains = teacher is None and (train_teacher or budget == "tiny" or t.teacher_method == "ppo")
+    if teacher is None and not trains:
+        teacher = shipped_teacher(task)
+    teacher_pt = teacher or out / "teacher.pt"
+    if trains and not teacher_pt.exists():
+        make_teacher(task, teacher_pt, seed, progress)
+    teacher_policy, teacher_config = load_checkpoint(teacher_pt)
+    if teacher_config.get("task") != task.name:
+        raise UserError(f"{teacher_pt} is a {teacher_config.get('task')!r} teacher, not {task.name!r}")
     stages["teacher_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     labels_path = out / "labels.npz"
     if not labels_path.exists():
-        label(teacher, task, t.label_frames, seed, labels_path, progress=progress)
+        label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress)
     data = load_labels(labels_path, task)
     train, test = split(data)
     stages["label_s"] = time.perf_counter() - start
@@ -66,7 +101,7 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
         path = out / f"student_{mode}.pt"
         if not path.exists():
             distill(task, train, DistillConfig.for_task(task, mode, seed), path,
-                    resume=Path(str(path) + ".resume.pt").exists(), progress=progress, teacher=teacher)
+                    resume=Path(str(path) + ".resume.pt").exists(), progress=progress, teacher=teacher_policy)
         students[mode] = path
     stages["distill_s"] = time.perf_counter() - start
 
