@@ -171,9 +171,13 @@ def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = F
         except Exception as exc:  # truncated or foreign file
             raise UserError(f"{run.state_path} is unreadable ({type(exc).__name__}); "
                             f"delete {run.work_dir} to start over") from None
-        if saved["task"] != task.name or saved["imitation"] != asdict(cfg):
-            raise UserError(f"{run.state_path} was written for other options ({saved}); resume with the same "
-                            f"--task and options, or delete {run.work_dir} to start over")
+        # More rounds may be asked for on resume (train longer); every other option must match, since the
+        # rounds already on disk were collected and trained with them.
+        same = {**saved["imitation"], "rounds": cfg.rounds} == asdict(cfg)
+        if saved["task"] != task.name or not same or cfg.rounds < int(state["rounds_done"]):
+            raise UserError(f"{run.state_path} was written for other options ({saved['task']}, "
+                            f"{saved['imitation']}); resume with the same --task and options (more --rounds "
+                            f"is allowed), or delete {run.work_dir} to start over")
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["rounds_done"]), saved["history"]

@@ -1,10 +1,10 @@
 """Breakout RAM expert: landing prediction, RAM decoding on a recorded emulator trace, paddle model, actions.
 
 The fixture tests/data/breakout_ram.npz is a real ALE 0.12.1 run (seed 0, no sticky actions, one emulator
-frame per row): FIRE, a scripted left/right paddle dance that misses the ball (a left-wall bounce, then a
-lost life), FIRE again. Each row holds the action, the 128 RAM bytes after the frame and the ball and
-paddle positions measured on the rendered screen, so `decode_ram` is checked against pixels, not against
-itself. Regenerate it with `python tests/test_expert_breakout.py`.
+frame per row): FIRE, a scripted left/right paddle dance that misses the ball (which bounces off the
+left wall on its way out), the lost life, FIRE again. Each row holds the action, the 128 RAM bytes after
+the frame and the ball and paddle positions measured on the rendered screen, so `decode_ram` is checked
+against pixels, not against itself. Regenerate it with `python tests/test_expert_breakout.py`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_digr.experts.breakout import (FIRE, LEFT, LEFT_WALL, NOOP, PADDLE_ROW_Y, RIGHT, RIGHT_WALL,
-                                        BreakoutExpert, Contact, ball_vx, catch_cost, decode_ram, paddle_frame, plan_contact,
-                                        predict_landing_x, predict_return_x, reflect)
+from edge_digr.experts.breakout import (FIRE, LEFT, LEFT_WALL, NOOP, RIGHT, RIGHT_WALL, BreakoutExpert, Contact,
+                                        ball_vx, catch_cost, decode_ram, executed_action, paddle_frame,
+                                        plan_contact, predict_landing_x, predict_return_x, reflect)
 
 FIXTURE = Path(__file__).parent / "data" / "breakout_ram.npz"
 # Screen (160 px wide) = RAM coordinate minus these, measured when recording the fixture.
@@ -217,10 +217,45 @@ def test_act_reads_the_env_ram():
         def getRAM(self) -> np.ndarray:
             return make_ram(ball_y=0)
 
+        def getEpisodeFrameNumber(self) -> int:
+            return 40
+
     class FakeEnv:
         unwrapped = type("U", (), {"ale": FakeAle()})()
 
     assert BreakoutExpert().act(FakeEnv()) == FIRE
+
+
+def test_asking_twice_about_one_frame_does_not_spoil_the_velocity():
+    # A ball above the paddle heading far left: asked twice per frame, the expert must still see it move
+    # (a second update would make vx = vy = 0 and leave the paddle where it is).
+    once, twice = BreakoutExpert(), BreakoutExpert()
+    for frame, (x, y) in zip((100, 104, 108), ((136, 100), (128, 108), (120, 116))):
+        ram = make_ram(ball_x=x, ball_y=y, paddle_x=120)
+        expected = once.act_on_ram(ram, frame)
+        assert twice.act_on_ram(ram, frame) == expected
+        assert twice.act_on_ram(ram, frame) == expected
+    assert expected == LEFT
+
+
+def test_a_frame_number_going_back_starts_a_new_episode():
+    expert = BreakoutExpert()
+    expert.act_on_ram(make_ram(ball_x=128, ball_y=100, paddle_x=120), 5000)
+    # New episode: without a reset, 5000 -> 60 would be read as a ball moving 8 px in -4940 frames.
+    assert expert.act_on_ram(make_ram(ball_x=136, ball_y=108, paddle_x=120), 60) == \
+        BreakoutExpert().act_on_ram(make_ram(ball_x=136, ball_y=108, paddle_x=120), 60)
+
+
+@pytest.mark.parametrize("own, pot_before, pot_now, executed", [
+    (RIGHT, 100, 76, RIGHT),  # a full step of presses: as chosen
+    (RIGHT, 100, 88, NOOP),   # pressed late (two sticky frames of NOOP) or another driver released: unclear
+    (NOOP, 100, 94, NOOP),    # a press carried one frame into the release: released now
+    (NOOP, 100, 124, LEFT),   # the env ran LEFT (DAgger: the student's action), not the expert's NOOP
+    (LEFT, 100, 100, NOOP),   # the env ran NOOP instead of the expert's LEFT
+    (RIGHT, 0, 0, RIGHT),     # pressing against the pot's end stop moves nothing
+])
+def test_executed_action_trusts_the_pot_over_the_expert_s_own_choice(own, pot_before, pot_now, executed):
+    assert executed_action(own, pot_before, pot_now) == executed
 
 
 def test_one_real_env_step():
@@ -251,7 +286,8 @@ def record_fixture(path: Path = FIXTURE) -> None:
     gym.register_envs(ale_py)
     env = gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0)
     env.reset(seed=0)
-    actions = [FIRE] + [RIGHT] * 6 + [NOOP] * 10 + [LEFT] * 12 + [NOOP] * 12 + [RIGHT] * 3 + [NOOP] * 70 + [FIRE] + [NOOP] * 6
+    actions = ([FIRE] + [RIGHT] * 6 + [NOOP] * 10 + [LEFT] * 12 + [NOOP] * 12 + [RIGHT] * 3 + [NOOP] * 70
+               + [FIRE] + [NOOP] * 6)
     rows = []
     for action in actions:
         screen, *_ = env.step(action)

@@ -136,3 +136,12 @@ def test_every_expert_task_exists_and_others_are_refused():
     assert set(EXPERTS) <= set(TASKS)
     with pytest.raises(UserError, match="has no privileged expert"):
         make_expert("minigrid-fetch")
+
+
+def test_machine_line_names_the_cpu_and_the_probe():
+    from edge_digr.machine import machine_info, machine_line
+
+    info = machine_info(probe=False)
+    assert info["cores"] >= 1 and info["cpu"]
+    line = machine_line({**info, "probe_ms": 12.5})
+    assert line.startswith(str(info["cpu"])) and line.endswith("probe 12.5 ms")

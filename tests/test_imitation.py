@@ -83,13 +83,27 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, m
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
 
 
+def test_resume_can_add_rounds(tmp_path):
+    run = ImitationRun(tmp_path / "teacher.pt", TINY, progress=False)
+    train_imitation(TASK, make_expert("car-racing"), run)
+    longer = ImitationRun(run.out, ImitationConfig(rounds=4, steps_per_round=8, updates_per_round=3, batch_size=4),
+                          progress=False)
+    train_imitation(TASK, make_expert("car-racing"), longer, resume=True)
+    _, config = load_checkpoint(run.out)
+    assert [h["frames"] for h in config["history"]] == [8, 16, 24, 32]
+
+
 def test_resume_refuses_other_options_and_corrupt_state(tmp_path):
     run = ImitationRun(tmp_path / "teacher.pt", TINY, progress=False)
     train_imitation(TASK, make_expert("car-racing"), run)
-    other = ImitationRun(run.out, ImitationConfig(rounds=4, steps_per_round=8, updates_per_round=3, batch_size=4),
+    other = ImitationRun(run.out, ImitationConfig(rounds=3, steps_per_round=9, updates_per_round=3, batch_size=4),
                          progress=False)
     with pytest.raises(UserError, match="other options"):
         train_imitation(TASK, make_expert("car-racing"), other, resume=True)
+    fewer = ImitationRun(run.out, ImitationConfig(rounds=2, steps_per_round=8, updates_per_round=3, batch_size=4),
+                         progress=False)
+    with pytest.raises(UserError, match="other options"):
+        train_imitation(TASK, make_expert("car-racing"), fewer, resume=True)
     run.state_path.write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="unreadable"):
         train_imitation(TASK, make_expert("car-racing"), run, resume=True)

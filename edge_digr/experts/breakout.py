@@ -16,14 +16,18 @@ assumed to come back from the bottom of the brick wall. The ball is caught when 
 [1, width + 1] on any frame it spends in the paddle rows (y 177..183: one frame for a fast ball, up to
 seven for a slow one), so the aim is the middle of that window.
 
-How it acts: while the ball is far away it moves the paddle's *rest* position (from the pot) as close to
-the aim as one more step can get it (the dead-band is then half a step, about 12 px, so it does not
-jitter). In the last steps before contact it simulates the paddle frame by frame for every sequence of
-actions up to contact, with the sticky-action repeats as probability branches, and takes the first action
-of the sequence most likely to have the ball inside the catch window at the contact frame: one agent step
-moves the paddle's rest point by 24 px, more than the 17 px catch window, so the fine placement comes from
-where the still-moving paddle is at the contact frame, and a late sweep through the middle is worth less
-than a paddle already standing in the window. FIRE serves whenever no ball is in play.
+How it acts: FIRE serves whenever no ball is in play. One agent step moves the paddle's rest point by
+24 px, more than the 17 px catch window, so the fine placement comes from where the still-moving paddle
+is at the contact frame. Within the last three steps before contact it plans exactly: an expectimax over
+its actions and the sticky-action delays (the first frames of a changed action may still run the old
+one; it re-plans each step, seeing where the paddle went), simulating the paddle frame by frame and
+minimising the chance of a miss (ties go to fewer presses: a late sweep through the middle is worth less
+than a paddle already standing in the window). Further away it only picks the rest point after this step
+whose final three steps catch best; for a rising or just-served ball it heads the rest point to the
+expected landing (a dead-band of half a step, 12 px, so it does not jitter).
+
+Under DAgger the env runs the student's action: the sticky-action model then uses the action the pot's
+travel shows, not the expert's own previous choice (`executed_action`).
 """
 from __future__ import annotations
 
@@ -68,6 +72,8 @@ STICKY_P = 0.25
 STICKY_DELAYS = ((0, 1.0 - STICKY_P), (1, STICKY_P * (1.0 - STICKY_P)), (2, STICKY_P ** 2))
 # Contact within this many agent steps: plan it exactly (3 actions x 3 sticky delays per step).
 PLAN_STEPS = 3
+# Pot travel over one step (units) that shows a press ran at the step's end (one frame turns it by 6).
+PRESS_EVIDENCE = 15
 # Cost of one press in the plan, against a catch cost in [0, 1]: breaks ties towards keeping still.
 PRESS_COST = 0.001
 
@@ -86,11 +92,6 @@ class BallPaddle:
     @property
     def ball_in_play(self) -> bool:
         return self.ball_y != 0
-
-    @property
-    def paddle_rest_x(self) -> int:
-        """Where the paddle comes to rest if no button is pressed from now on."""
-        return pot_to_x(self.paddle_pot)
 
 
 def decode_ram(ram: Sequence[int]) -> BallPaddle:
@@ -270,35 +271,66 @@ def approach_rest(pot: int, target_x: float) -> int:
                key=lambda a: abs(POT_ORIGIN - min(POT_MAX, max(POT_MIN, pot + delta[a] * FRAME_SKIP)) - target))
 
 
+def executed_action(own_last: int, pot_before: int, pot_now: int) -> int:
+    """The action the emulator most likely ran on the last frame of the previous step (the one sticky
+    actions may repeat), from the expert's own previous choice and the pot's travel over that step.
+
+    Under DAgger the env runs the student's action, not the expert's: then the pot contradicts the
+    expert's choice and its travel tells the direction instead (a full step of presses turns it by 18-24
+    units; a press carried over by sticky actions into a release by 6-12).
+    """
+    delta = pot_now - pot_before
+    if own_last == RIGHT and (delta <= -PRESS_EVIDENCE or pot_now == POT_MIN):
+        return RIGHT
+    if own_last == LEFT and (delta >= PRESS_EVIDENCE or pot_now == POT_MAX):
+        return LEFT
+    if own_last not in (RIGHT, LEFT) and abs(delta) <= 2 * POT_STEP:
+        return NOOP
+    return RIGHT if delta <= -PRESS_EVIDENCE else LEFT if delta >= PRESS_EVIDENCE else NOOP
+
+
 class BreakoutExpert:
     """Privileged Breakout controller on the ALE RAM (see the module docstring for the why).
 
-    Reads `env.unwrapped.ale.getRAM()` once per agent step: serves (FIRE) when no ball is in play,
-    otherwise predicts where the ball meets the paddle row (side-wall bounces included) and steers the
-    paddle so the ball lands on its middle. Keeps the previous ball position (for the velocity) and its
-    own previous action (the one sticky actions may repeat).
+    Reads `env.unwrapped.ale.getRAM()` (and the frame number) once per agent step: serves (FIRE) when no
+    ball is in play, otherwise predicts where the ball meets the paddle rows (side-wall bounces included)
+    and steers the paddle so the ball lands on its middle. Keeps the previous ball position (for the
+    velocity) and the previous action (the one sticky actions may repeat: its own, unless the paddle
+    shows that the env ran another one, as under DAgger). Asked twice about the same frame it answers the
+    same without updating; a frame number going back means a new episode.
     """
 
     def __init__(self) -> None:
-        self._prev: Optional[BallPaddle] = None
-        self._vx: Optional[float] = None
-        self._last_action = NOOP
+        self.reset()
 
     def reset(self) -> None:
-        self._prev = None
-        self._vx = None
+        self._prev: Optional[BallPaddle] = None
+        self._prev_frame: Optional[int] = None
+        self._vx: Optional[float] = None  # ball x velocity, px per agent step
         self._last_action = NOOP
 
     def act(self, env: Any) -> int:
-        return self.act_on_ram(env.unwrapped.ale.getRAM())
+        ale = env.unwrapped.ale
+        return self.act_on_ram(ale.getRAM(), ale.getEpisodeFrameNumber())
 
-    def act_on_ram(self, ram: Sequence[int]) -> int:
-        """`act` on a RAM snapshot (what `act` reads from the env), for tests without an emulator."""
-        self._last_action = self._choose(decode_ram(ram))
+    def act_on_ram(self, ram: Sequence[int], frame: Optional[int] = None) -> int:
+        """`act` on a RAM snapshot and its episode frame number (None: one agent step after the last call),
+        for tests without an emulator."""
+        if frame is not None and self._prev_frame is not None:
+            if frame == self._prev_frame:
+                return self._last_action
+            if frame < self._prev_frame:
+                self.reset()
+        elapsed = FRAME_SKIP if frame is None or self._prev_frame is None else frame - self._prev_frame
+        self._prev_frame = frame
+        self._last_action = self._choose(decode_ram(ram), elapsed)
         return self._last_action
 
-    def _choose(self, state: BallPaddle) -> int:
+    def _choose(self, state: BallPaddle, elapsed: int) -> int:
         prev, self._prev = self._prev, state
+        if prev is not None and elapsed > 2 * FRAME_SKIP:
+            prev = None  # not called for a while: an old position says nothing about the velocity
+        last = executed_action(self._last_action, prev.paddle_pot, state.paddle_pot) if prev else self._last_action
         if not state.ball_in_play:
             self._vx = None
             return FIRE
@@ -306,17 +338,19 @@ class BreakoutExpert:
         if prev is None or not prev.ball_in_play:
             # Just served: no velocity yet, so head under the ball.
             return approach_rest(state.paddle_pot, state.ball_x - aim)
-        self._vx = ball_vx(prev.ball_x, state.ball_x, self._vx)
+        scale = FRAME_SKIP / elapsed  # to px per agent step
+        self._vx = ball_vx(prev.ball_x, state.ball_x, None if self._vx is None else self._vx / scale,
+                           max_dx=MAX_STEP_DX / scale) * scale
         vx = self._vx / FRAME_SKIP
-        vy = (state.ball_y - prev.ball_y) / FRAME_SKIP
+        vy = (state.ball_y - prev.ball_y) / elapsed
         if vy > 0:
             frames = max(1, int(np.ceil((PADDLE_ROW_Y - state.ball_y) / vy)))
             first_y = state.ball_y + vy * frames  # the ball's y at the first frame it can touch the paddle
             landing = predict_landing_x(state.ball_x, state.ball_y, vx, vy, first_y, LEFT_WALL, RIGHT_WALL)
             contact = Contact(ball_x=int(round(landing)), step_dx=int(round(self._vx)), width=state.paddle_width,
                               frames=max(1, int((CATCH_BOTTOM_Y - first_y) // vy) + 1))
-            return plan_contact(state.paddle_x, state.paddle_pot, self._last_action, frames, contact)
-        elif vy < 0:
+            return plan_contact(state.paddle_x, state.paddle_pot, last, frames, contact)
+        if vy < 0:
             landing = predict_return_x(state.ball_x, state.ball_y, vx, vy, BRICKS_BOTTOM_Y, PADDLE_ROW_Y,
                                        LEFT_WALL, RIGHT_WALL)
         else:
