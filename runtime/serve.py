@@ -508,7 +508,7 @@ function render(s) {
   const state = gone ? ["off", "disconnected (run over?)"] : !s.running ? ["off", "run finished"]
               : p.paused ? ["paused", "paused"] : ["live", "live"];
   const rows = [["state", '<span id="state" class="' + state[0] + '">' + state[1] + "</span>"],
-    ["step", s.step === null ? "n/a" : s.step + (s.feed_length ? " / " + s.feed_length : "")],
+    ["step", s.step === null ? "n/a" : s.step + (s.feed_length ? " (of " + s.feed_length + " frames)" : "")],
     ["episode", s.episode ?? "n/a"], ["return", fmt(s["return"])],
     ["latency p50", fmt(l.p50) + " ms"], ["latency p99", fmt(l.p99) + " ms"],
     ["last call", fmt(l.last) + " ms"],
@@ -525,12 +525,13 @@ function render(s) {
   $("ctl").hidden = !p.pausable;
   $("pause").textContent = p.paused ? "resume" : "pause";
 }
-// Whole-number zoom (pixelated: each pixel a crisp square): fill the window, but panels at least 320 px wide.
+// Whole-number zoom (pixelated: each pixel a crisp square) that leaves room for the numbers beside the
+// image, but panels at least 320 px wide.
 function fit() {
   const img = $("view"), w = img.naturalWidth, h = img.naturalHeight;
   if (!w) return;
   const panels = 1 + (stats && stats.action.kind === "action" ? stats.action.names.length : 1);
-  const fits = Math.min(Math.floor((innerWidth - 40) / w), Math.floor((innerHeight - 80) / h));
+  const fits = Math.min(Math.floor((innerWidth - 420) / w), Math.floor((innerHeight - 70) / h));
   const k = Math.min(4, Math.max(1, fits, Math.ceil(320 * panels / w)));
   img.style.width = w * k + "px";
 }
