@@ -35,8 +35,9 @@ import click
               help="Serve a live view to browsers: frame, saliency overlay(s), action, latency at http://HOST:PORT/ "
                    "(also /stream.mjpg and /stats). HOST defaults to 127.0.0.1; 0.0.0.0 listens on every "
                    "network (with a warning); PORT 0 lets the system choose.")
-@click.option("--serve-token", "serve_token", metavar="TOKEN", default=None,
-              help="Require ?token=TOKEN on every --serve route (characters A-Z a-z 0-9 . _ ~ -).")
+@click.option("--serve-token", "serve_token", metavar="TOKEN", default=None, envvar="EDGE_DIGR_SERVE_TOKEN",
+              help="Require ?token=TOKEN on every --serve route (characters A-Z a-z 0-9 . _ ~ -); also read from "
+                   "$EDGE_DIGR_SERVE_TOKEN, which keeps it off the process list.")
 @click.option("--serve-fps", "serve_fps", type=click.FloatRange(min=0, min_open=True), default=15.0,
               show_default=True,
               help="Most frames per second sent to browsers (a faster feed is shown at this rate; the loop never "

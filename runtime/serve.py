@@ -199,7 +199,8 @@ class LiveView:
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}/" + (f"?token={self.opts.token}" if self.opts.token else "")
+        # The token itself stays out of logs (a service's output goes to the journal).
+        return f"http://{host}:{port}/" + ("?token=..." if self.opts.token else "")
 
     def __enter__(self) -> "LiveView":
         for t in self._threads:

@@ -214,6 +214,9 @@ def test_bad_serve_input_is_one_line_error(fetch_model):
             lines = [line for line in result.output.splitlines() if line.strip()]
             assert result.exit_code == 2 and len(lines) == 1, (args, result.output)
             assert lines[0].startswith("error: ") and match in lines[0] and "Traceback" not in result.output
+        from_env = CliRunner(env={"EDGE_DIGR_SERVE_TOKEN": "not ok"}).invoke(
+            main, ["run", "--engine", str(fetch_model), "--max-steps", "1", "--serve", "0"])
+        assert from_env.exit_code == 2 and from_env.output.startswith("error: --serve-token: use 1 to 128")
     finally:
         busy.close()
 
