@@ -32,6 +32,7 @@ import io
 import json
 import re
 import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass
@@ -133,7 +134,8 @@ class Playback:
             now = time.monotonic()
             if now < self._next:
                 time.sleep(self._next - now)
-            self._next = max(self._next + self.period, now)
+            # On a fixed grid while the loop keeps up; a late frame moves the grid instead of causing a burst.
+            self._next = max(self._next, now) + self.period
 
     def control(self, action: str) -> Dict[str, Any]:
         if action not in ("pause", "resume", "step"):
@@ -169,7 +171,6 @@ class LiveView:
         self._wanted = threading.Condition(self._lock)  # viewers → idle encoder: someone watches again
         self._encoded = threading.Condition(self._lock)  # encoder → viewers
         self._closing = False
-        self._finished = False
         # what the loop hands over (under the lock)
         self._seq = 0
         self._slot: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -212,7 +213,7 @@ class LiveView:
 
     def close(self) -> None:
         with self._lock:
-            self._closing = self._finished = True
+            self._closing = True
             for cond in (self._published, self._wanted, self._encoded):
                 cond.notify_all()
         self.server.shutdown()
@@ -310,7 +311,7 @@ class LiveView:
             state = dict(self._state)
             out: Dict[str, Any] = {
                 "task": self.manifest.task, "feed": self.feed, "feed_length": self.feed_length,
-                "running": not self._finished, "step": state.get("step"), "episode": state.get("episode"),
+                "running": not self._closing, "step": state.get("step"), "episode": state.get("episode"),
                 "return": self._return if state else None, "recent_returns": list(self._returns),
                 "deadline_ms": self.deadline_ms, "deadline_misses": self._misses,
                 "view": {"fps": self.opts.fps, "frames_published": self._seq, "frames_encoded": self._jpeg_n,
@@ -351,6 +352,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck viewer never keeps the process alive
     block_on_close = False
     view: LiveView
+
+    def server_bind(self) -> None:
+        # HTTPServer would look up the host's FQDN here, which can hang for seconds on an offline network.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
 
 def _bind(opts: ServeOptions, view: LiveView) -> _Server:
