@@ -488,8 +488,8 @@ h1{font-size:17px;font-weight:600;margin:0 0 10px}h1 span{color:#888;font-weight
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 td{padding:2px 14px 2px 0;vertical-align:top}td:first-child{color:#999}
 .num{font:600 16px ui-monospace,monospace;color:#fff}
-.act td{padding:1px 10px 1px 0}.act .on{color:#ffcf40}
-.bar{display:inline-block;height:10px;background:#d4483f;vertical-align:middle}
+.act td{padding:1px 10px 1px 0}.act .on td{color:#ffcf40}
+.bar{display:inline-block;height:10px;background:#d4483f;vertical-align:middle}.bar.neg{background:#4a7fd4}
 button{font:15px system-ui;padding:4px 14px;margin-right:6px;background:#333;color:#eee;border:1px solid #666}
 #state{font-weight:600}#state.live{color:#6c6}#state.off{color:#e66}#state.paused{color:#fc4}
 </style></head><body>
@@ -527,7 +527,8 @@ function render(s) {
   const top = Math.max(...vals.map(x => Math.abs(x || 0)), 1e-9);
   $("act").innerHTML = '<tr><td colspan="3">' + (a.kind === "logits" ? "logits (greedy action in yellow)" : "action") + "</td></tr>"
     + a.names.map((n, i) => '<tr class="' + (i === a.chosen ? "on" : "") + '"><td>' + esc(n) + '</td><td class="num">'
-    + fmt(vals[i], 3) + '</td><td><span class="bar" style="width:' + Math.round(90 * Math.abs(vals[i] || 0) / top)
+    + fmt(vals[i], 3) + '</td><td><span class="bar' + (vals[i] < 0 ? " neg" : "") + '" style="width:'
+    + Math.round(90 * Math.abs(vals[i] || 0) / top)
     + 'px"></span></td></tr>').join("");
   $("ctl").hidden = !p.pausable;
   $("pause").textContent = p.paused ? "resume" : "pause";
