@@ -65,7 +65,8 @@ def run(engine: str, feed: str, episodes: Optional[int], max_steps: Optional[int
         warning = exposure_warning(serve_opts)
         if warning:
             click.echo(warning, err=True)
-    elif serve_token is not None:
+    elif serve_token is not None and click.get_current_context().get_parameter_source("serve_token") \
+            != click.core.ParameterSource.ENVIRONMENT:  # a token left in the environment is no mistake
         raise UserError("--serve-token needs --serve [HOST:]PORT")
     summary = run_session(RunOptions(
         engine=engine, feed=feed, episodes=episodes, max_steps=max_steps, deadline_ms=deadline_ms,

@@ -217,6 +217,9 @@ def test_bad_serve_input_is_one_line_error(fetch_model):
         from_env = CliRunner(env={"EDGE_DIGR_SERVE_TOKEN": "not ok"}).invoke(
             main, ["run", "--engine", str(fetch_model), "--max-steps", "1", "--serve", "0"])
         assert from_env.exit_code == 2 and from_env.output.startswith("error: --serve-token: use 1 to 128")
+        unused = CliRunner(env={"EDGE_DIGR_SERVE_TOKEN": "abc"}).invoke(
+            main, ["run", "--engine", str(fetch_model), "--max-steps", "1"])
+        assert unused.exit_code == 0, unused.output  # without --serve, a token in the environment is ignored
     finally:
         busy.close()
 
