@@ -31,16 +31,47 @@ import click
 @click.option("--print-steps", is_flag=True, help="Print one line per step: action and saliency peak.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the summary as JSON.")
+@click.option("--serve", "serve", metavar="[HOST:]PORT", default=None,
+              help="Serve a live view to browsers: frame, saliency overlay(s), action, latency at http://HOST:PORT/ "
+                   "(also /stream.mjpg and /stats). HOST defaults to 127.0.0.1; 0.0.0.0 listens on every "
+                   "network (with a warning); PORT 0 lets the system choose.")
+@click.option("--serve-token", "serve_token", metavar="TOKEN", default=None, envvar="EDGE_DIGR_SERVE_TOKEN",
+              help="Require ?token=TOKEN on every --serve route (characters A-Z a-z 0-9 . _ ~ -); also read from "
+                   "$EDGE_DIGR_SERVE_TOKEN, which keeps it off the process list.")
+@click.option("--serve-fps", "serve_fps", type=click.FloatRange(min=0, min_open=True), default=15.0,
+              show_default=True,
+              help="Most frames per second sent to browsers (a faster feed is shown at this rate; the loop never "
+                   "waits); also the pace of a served replay.")
+@click.option("--rate", "rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pace the loop to at most this many frames per second (a simulator or replay otherwise runs "
+                   "as fast as it can).")
 def run(engine: str, feed: str, episodes: Optional[int], max_steps: Optional[int], deadline_ms: Optional[float],
         record: Optional[str], fps: float, show: bool, save_feed: Optional[str], seed: int, providers: tuple,
-        cuda_graph: bool, print_steps: bool, json_out: Optional[str]) -> None:
-    """Run a policy with its fused saliency on a feed; prints a summary (steps, return, latency)."""
-    from edge_digr.runtime.loop import RunOptions, run_session
+        cuda_graph: bool, print_steps: bool, json_out: Optional[str], serve: Optional[str],
+        serve_token: Optional[str], serve_fps: float, rate: Optional[float]) -> None:
+    """Run a policy with its fused saliency on a feed; prints a summary (steps, return, latency).
 
+    With --serve, watch it from a browser: a replay (--feed replay:FILE) can be paused and stepped there.
+    """
+    from edge_digr.errors import UserError
+    from edge_digr.runtime.loop import RunOptions, run_session
+    from edge_digr.runtime.serve import ServeOptions, check_token, exposure_warning, parse_address
+
+    serve_opts = None
+    if serve is not None:
+        host, port = parse_address(serve)
+        serve_opts = ServeOptions(host, port, check_token(serve_token) if serve_token is not None else None,
+                                  serve_fps)
+        warning = exposure_warning(serve_opts)
+        if warning:
+            click.echo(warning, err=True)
+    elif serve_token is not None and click.get_current_context().get_parameter_source("serve_token") \
+            != click.core.ParameterSource.ENVIRONMENT:  # a token left in the environment is no mistake
+        raise UserError("--serve-token needs --serve [HOST:]PORT")
     summary = run_session(RunOptions(
         engine=engine, feed=feed, episodes=episodes, max_steps=max_steps, deadline_ms=deadline_ms,
         record=record, fps=fps, show=show, save_feed=save_feed, seed=seed, providers=list(providers),
-        cuda_graph=cuda_graph, print_steps=print_steps))
+        cuda_graph=cuda_graph, print_steps=print_steps, serve=serve_opts, rate=rate))
     click.echo(summary.text())
     if json_out:
         from edge_digr.fileio import write_json

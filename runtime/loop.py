@@ -8,7 +8,7 @@ per-call time (host to host, copies included); a deadline miss is a call slower 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from edge_digr.manifest import Manifest
 from edge_digr.tasks import ActionSpec
 from edge_digr.runtime.feeds import Feed, Frame
 from edge_digr.runtime.runners import Runner
+
+if TYPE_CHECKING:
+    from edge_digr.runtime.serve import ServeOptions
 
 
 @dataclass
@@ -159,17 +162,21 @@ class RunOptions:
     providers: List[str] = field(default_factory=list)
     cuda_graph: bool = False
     print_steps: bool = False
+    serve: Optional["ServeOptions"] = None  # live browser view (runtime/serve.py)
+    rate: Optional[float] = None  # pace the loop to at most this many frames per second
 
 
 def run_session(opts: RunOptions) -> RunSummary:
     """`edge-digr run` as a function: open the model and the feed, run, record, save the feed, summarise."""
     import contextlib
+    import sys
 
     from tqdm import tqdm
 
-    from edge_digr.runtime.feeds import FeedRecorder, open_feed
+    from edge_digr.runtime.feeds import FeedRecorder, ReplayFeed, open_feed
     from edge_digr.runtime.overlay import Recorder, Window, compose
     from edge_digr.runtime.runners import open_runner
+    from edge_digr.runtime.serve import LiveView, Playback
 
     runner_opts: Dict[str, Any] = {}
     if opts.providers:
@@ -183,9 +190,9 @@ def run_session(opts: RunOptions) -> RunSummary:
     with contextlib.ExitStack() as stack:
         runner = stack.enter_context(open_runner(opts.engine, **runner_opts))
         manifest = runner.manifest
-        if (opts.record or opts.show) and "saliency" not in runner.output_names:
-            raise UserError(f"{opts.engine} has no saliency output (a forward-only export?); --record and "
-                            "--show need the fused graph from `edge-digr export`")
+        if (opts.record or opts.show or opts.serve) and "saliency" not in runner.output_names:
+            raise UserError(f"{opts.engine} has no saliency output (a forward-only export?); --record, "
+                            "--show and --serve need the fused graph from `edge-digr export`")
         labels = list(manifest.action["names"]) if manifest.continuous else ["saliency"]
         recorder = stack.enter_context(Recorder(opts.record, opts.fps)) if opts.record else None
         window = Window() if opts.show else None
@@ -193,10 +200,22 @@ def run_session(opts: RunOptions) -> RunSummary:
             stack.callback(window.close)
         saver = FeedRecorder(opts.save_feed, runner.input_names) if opts.save_feed else None
         feed = stack.enter_context(open_feed(opts.feed, manifest, seed=opts.seed))
+        replay = isinstance(feed, ReplayFeed)
+        # A served replay has no clock of its own: it plays at the view's rate, and only it can be paused.
+        playback = Playback(opts.rate or (opts.serve.fps if opts.serve and replay else None),
+                            pausable=bool(opts.serve) and replay)
+        view = None
+        if opts.serve is not None:
+            view = stack.enter_context(LiveView(opts.serve, manifest, labels, playback, opts.feed, opts.deadline_ms,
+                                                feed.length if replay else None))
+            tqdm.write(f"live view: {view.url}", file=sys.stdout)
+            sys.stdout.flush()  # a supervisor or test reading a pipe learns the port now, not at exit
         bar = stack.enter_context(tqdm(total=opts.max_steps, unit="frame", desc="run", leave=False,
                                        disable=None))
 
         def on_step(r: StepResult) -> Optional[bool]:
+            if view is not None:
+                view.publish(r)
             if saver is not None:
                 saver.add(r.frame.inputs)
             if opts.print_steps:
@@ -209,7 +228,11 @@ def run_session(opts: RunOptions) -> RunSummary:
                     return window.show(image)
             return None
 
-        summary = run_loop(runner, feed, limits, on_step, on_frame=lambda: bar.update(1))
+        def on_frame() -> None:
+            bar.update(1)
+            playback.wait()
+
+        summary = run_loop(runner, feed, limits, on_step, on_frame)
         if saver is not None:
             saver.save()
     return summary
