@@ -118,6 +118,15 @@ def collect_round(task: Task, expert: Any, learner: PixelPolicy, steps: int, bet
     return data
 
 
+# Round k's episodes use seeds ROUND_SEED + 1_000_000·seed + 1000·k + episode: far from the evaluation
+# seeds (edge_digr.evaluation.EVAL_SEED + ...), however many rounds are asked for.
+ROUND_SEED = 200_000
+
+
+def round_seed(seed: int, k: int) -> int:
+    return ROUND_SEED + 1_000_000 * seed + 1000 * k
+
+
 def imitation_loss(out: torch.Tensor, target: torch.Tensor, continuous: bool) -> torch.Tensor:
     """Cross-entropy on the expert's action (discrete), or MSE of the action mean to it (continuous)."""
     return F.mse_loss(out, target) if continuous else F.cross_entropy(out, target)
@@ -189,7 +198,7 @@ def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = F
                disable=not run.progress, dynamic_ncols=True)
     for k in range(start, cfg.rounds):
         beta = cfg.beta(k)
-        new = collect_round(task, expert, learner, cfg.steps_per_round, beta, seed=cfg.seed * 1_000_000 + 1000 * k,
+        new = collect_round(task, expert, learner, cfg.steps_per_round, beta, seed=round_seed(cfg.seed, k),
                             progress=run.progress, desc=f"round {k} (β={beta:.2f})")
         run.work_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run.round_path(k)) as tmp, open(tmp, "wb") as f:

@@ -18,6 +18,14 @@ TASK = get_task("car-racing").with_train(max_episode_steps=6)  # short episodes:
 TINY = ImitationConfig(rounds=3, steps_per_round=8, updates_per_round=3, batch_size=4)
 
 
+def test_round_seeds_never_reach_the_evaluation_seeds():
+    from edge_digr.evaluation import EVAL_SEED
+    from edge_digr.imitation import round_seed
+
+    used = {round_seed(0, k) + ep for k in range(100) for ep in range(999)}
+    assert not used & set(range(EVAL_SEED, EVAL_SEED + 10_000))
+
+
 def test_beta_halves_each_round_from_the_expert_alone():
     assert [TINY.beta(k) for k in range(3)] == [1.0, 0.5, 0.25]
     with pytest.raises(UserError):
