@@ -280,7 +280,7 @@ def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optio
 
     get_task(task)  # an unknown name fails here, before any file is read
     if json_path:
-        check_writable(json_path, option="--json")
+        check_writable(json_path, inputs=[policy_path], option="--json")
     if out_dir:
         check_writable(out_dir, option="--out", folder=True)
     if sum(x is not None for x in (policy_path, compare, merge_text)) != 1:
