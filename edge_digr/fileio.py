@@ -50,11 +50,14 @@ def check_writable(path: PathLike, *, inputs: Iterable[Optional[PathLike]] = (),
             raise UserError(f"{where} is a file, not a folder")
     elif target.is_dir():
         raise UserError(f"{where} is a folder; give a file name")
-    if target.exists():
-        reason = _unwritable_reason(target) if target.is_dir() else \
-            (None if os.access(target, os.W_OK) else _unwritable_reason(target.parent) or "the file is read-only")
-        if reason:
-            raise UserError(f"{where} cannot be written: {reason}")
+    if target.is_dir():  # a folder output (`folder`): the files go into it
+        reason = _unwritable_reason(target)
+    elif target.exists() and not os.access(target, os.W_OK):
+        reason = _unwritable_reason(target.parent) or "the file is read-only"
+    else:
+        reason = None
+    if reason:
+        raise UserError(f"{where} cannot be written: {reason}")
     parent = target.absolute().parent
     while not parent.exists():
         parent = parent.parent
