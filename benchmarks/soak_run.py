@@ -7,8 +7,14 @@ is growth: RSS at the end against RSS once the run is under way (the first sampl
 when imports, the model and the environment are loaded), and the least-squares slope over the samples after
 that, in bytes per step. `--record out.gif` measures a recording run the same way.
 
+`--stub` measures the run loop alone, in this process, at full speed: `edge_digr.runtime.loop.run_loop`
+over a feed that ends an episode every 10 frames and a runner that returns fixed outputs with a varying
+latency, RSS read every 1000 steps. That is where a long run's growth came from (every latency and every
+return kept), without the environment's and the model's cost per step.
+
     python benchmarks/soak_run.py --steps 100000 --json soak.json
     python benchmarks/soak_run.py --steps 3000 --record soak.gif --json soak_gif.json
+    python benchmarks/soak_run.py --stub --steps 100000 --json soak_stub.json
 """
 from __future__ import annotations
 
@@ -115,6 +121,59 @@ def soak(engine: Path, steps: int, record: Optional[str], interval: float, settl
     }
 
 
+def soak_stub(steps: int, task: str) -> Dict:
+    """`run_loop` over a stub feed and runner, RSS sampled in this process every 1000 steps."""
+    import numpy as np
+
+    from edge_digr.manifest import for_task
+    from edge_digr.runtime.feeds import Feed, Frame
+    from edge_digr.runtime.loop import RunLimits, run_loop
+
+    manifest = for_task(task)
+    inputs = {i["name"]: np.zeros(i["shape"][1:], np.float32) for i in manifest.inputs}
+    outputs = {o["name"]: np.zeros([1] + o["shape"][1:], np.float32) for o in manifest.outputs}
+    rng = np.random.default_rng(0)
+
+    class StubRunner:
+        def __init__(self) -> None:
+            self.manifest, self.last_ms = manifest, 0.0
+
+        def infer(self, feed: Dict[str, Any]) -> Dict[str, Any]:
+            self.last_ms = float(rng.exponential(1.0))
+            return outputs
+
+    class StubFeed(Feed):
+        def __init__(self) -> None:
+            self.t = 0
+
+        def reset(self) -> Frame:
+            return Frame(inputs)
+
+        def step(self, action: Any) -> Frame:
+            self.t += 1
+            return Frame(inputs, reward=1.0, done=self.t % 10 == 0)
+
+    samples: List[List[float]] = []
+    frames = [0]
+
+    def on_frame() -> None:
+        frames[0] += 1
+        if frames[0] % 1000 == 0:
+            samples.append([frames[0], rss_bytes(os.getpid())])
+
+    start = time.monotonic()
+    summary = run_loop(StubRunner(), StubFeed(), RunLimits(max_steps=steps), on_frame=on_frame)
+    settled = samples[len(samples) // 20:]  # after the first 5 %: allocator warm-up
+    return {
+        "command": f"soak_run.py --stub --steps {steps}", "steps": summary.steps, "episodes": summary.episodes,
+        "wall_s": round(time.monotonic() - start, 1), "samples": samples,
+        "rss_settled_mb": settled[0][1] / 2**20, "rss_end_mb": samples[-1][1] / 2**20,
+        "rss_max_mb": max(s[1] for s in samples) / 2**20, "growth_mb": (samples[-1][1] - settled[0][1]) / 2**20,
+        "slope_bytes_per_step": slope(settled), "summary_text_bytes": len(summary.text().encode()),
+        "summary_json_bytes": len(json.dumps(summary.to_dict()).encode()),
+    }
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -123,19 +182,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--record", help="also record (e.g. soak.gif), to measure a recording run")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between RSS samples")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before the reference sample")
+    parser.add_argument("--stub", action="store_true", help="the run loop alone, with a stub feed and runner")
     parser.add_argument("--json", help="write the report here")
     opts = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        engine = Path(opts.engine) if opts.engine else export_student(folder, opts.task)
-        record = str(folder / Path(opts.record).name) if opts.record else None
-        report: Dict[str, Any] = soak(engine, opts.steps, record, opts.interval, opts.settle, folder)
+    if opts.stub:
+        report: Dict[str, Any] = soak_stub(opts.steps, opts.task)
+    else:
+        report = soak_child(opts)
     report.update(task=opts.task, argv=sys.argv[1:], cpu=cpu_model(), cpu_count=os.cpu_count(),
                   speed_probe_s=round(speed_probe_s(), 3), python=platform.python_version(),
                   load_average_1_5_15min=list(os.getloadavg()))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2))
     if opts.json:
         Path(opts.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def soak_child(opts: argparse.Namespace) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        engine = Path(opts.engine) if opts.engine else export_student(folder, opts.task)
+        record = str(folder / Path(opts.record).name) if opts.record else None
+        return soak(engine, opts.steps, record, opts.interval, opts.settle, folder)
 
 
 if __name__ == "__main__":
