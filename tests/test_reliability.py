@@ -95,7 +95,8 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        # Lazy: detached even while a failed case's child process still holds a file open there.
+        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 # ------------------------------------------------------------------------------------------ bad manifests
