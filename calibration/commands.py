@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional
 import click
 
 from edge_digr.errors import UserError
+from edge_digr.fileio import check_writable
+from edge_digr.params import FiniteFloat
 
 KEEP_BACKWARD = ("auto", "always", "never")
 
@@ -47,8 +49,8 @@ def calibrate_onnx(opts: CalibrateOptions, log=click.echo) -> Dict[str, Any]:
 
     if opts.keep_backward not in KEEP_BACKWARD:
         raise UserError(f"--keep-backward must be one of {', '.join(KEEP_BACKWARD)}, got {opts.keep_backward!r}")
-    if opts.out.resolve() == opts.onnx.resolve():
-        raise UserError("--out must differ from the input ONNX (the fp32 model is the reference)")
+    check_writable(opts.out, inputs=[opts.onnx, opts.data])
+    check_writable(opts.report, inputs=[opts.onnx, opts.data], option="--report")
     auto_layers = opts.fp32_layers == "auto"
     named = () if auto_layers or opts.fp32_layers == "none" else \
         tuple(n.strip() for n in opts.fp32_layers.split(",") if n.strip())
@@ -155,7 +157,8 @@ def _keep_sensitive_layers(opts: CalibrateOptions, candidates: List[str], cfg, f
               help="INT8 QDQ ONNX to write (runs on ONNX Runtime; TensorRT builds it with --precision int8).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Fidelity report JSON [default: OUT with .fidelity.json].")
-@click.option("--holdout", type=float, default=0.2, show_default=True,
+@click.option("--holdout", type=FiniteFloat(min=0, max=1, min_open=True, max_open=True), default=0.2,
+              show_default=True,
               help="Fraction of frames (the last ones) held out of calibration for the fidelity report.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Activation range calibration.")
@@ -163,16 +166,17 @@ def _keep_sensitive_layers(opts: CalibrateOptions, candidates: List[str], cfg, f
               help="Weight scales per output channel (falls back to per tensor where the quantizer fails).")
 @click.option("--keep-backward", type=click.Choice(KEEP_BACKWARD), default="auto", show_default=True,
               help="Keep the gradient (saliency) path in fp32: always, never, or when saliency r < threshold.")
-@click.option("--saliency-threshold", type=float, default=0.95, show_default=True,
+@click.option("--saliency-threshold", type=FiniteFloat(), default=0.95, show_default=True,
               help="Saliency Pearson r below which --keep-backward auto re-quantizes.")
 @click.option("--fp32-layers", default="auto", show_default=True,
               help="Forward layers left in fp32: auto (when saliency r stays below threshold with the backward in "
                    "fp32, the most sensitive ones, found by trying each), none, or ONNX node names (comma-separated).")
 @click.option("--max-fp32-layers", type=click.IntRange(min=1), default=2, show_default=True,
               help="At most this many forward layers kept in fp32 by --fp32-layers auto.")
-@click.option("--max-frames", type=int, default=None, help="Use only the first N frames of --data.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Frames per calibration batch.")
-@click.option("--latency-runs", type=int, default=200, show_default=True,
+@click.option("--max-frames", type=click.IntRange(min=2), default=None, help="Use only the first N frames of --data.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Frames per calibration batch.")
+@click.option("--latency-runs", type=click.IntRange(min=0), default=200, show_default=True,
               help="Batch-1 CPU latency runs per model (0 to skip).")
 def calibrate(onnx_path: Path, data: Path, out: Path, report: Optional[Path], holdout: float, method: str,
               per_channel: bool, keep_backward: str, saliency_threshold: float, fp32_layers: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,7 +23,8 @@ import numpy as np
 
 from edge_digr.errors import UserError
 from edge_digr.evaluation import EVAL_SEED
-from edge_digr.fileio import atomic_path, write_json, write_text
+from edge_digr.fileio import atomic_path, check_writable, write_json, write_text
+from edge_digr.params import positive_float
 
 ATTACK_NAMES = ("fgsm", "pgd", "noise", "mad")  # edge_digr.attacks.ATTACKS, without importing torch
 CLEAN = "none"
@@ -50,7 +52,7 @@ def parse_floats(text: str, option: str) -> List[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{option} takes numbers separated by commas (pixel units, 0-255), got {text!r}") from None
-    if not values or any(v < 0 for v in values):
+    if not values or not all(0 <= v < math.inf for v in values):  # NaN fails both comparisons
         raise UserError(f"{option} needs one or more values >= 0 (pixel units, 0-255), got {text!r}")
     return values
 
@@ -89,18 +91,12 @@ def parse_compare(text: str) -> List[Entry]:
 
 def load_attackable(path: str, task_name: str):
     """A torch policy from an edge-digr .pt (checked against the task) or an SB3 .zip."""
-    from edge_digr.checkpoint import load_checkpoint, load_policy
+    from edge_digr.checkpoint import load_policy, policy_task
 
-    if path.endswith(".zip"):
-        return load_policy(path, task_name)
-    if not path.endswith(".pt"):
+    if not path.endswith((".pt", ".zip")):
         raise UserError(f"{path}: white-box attacks need the torch policy (.pt or SB3 .zip), "
                         "not an exported graph or engine")
-    policy, config = load_checkpoint(path)
-    if config.get("task") != task_name:
-        raise UserError(f"{path} was trained on {config.get('task')!r}, not {task_name!r}; pass --task "
-                        f"{config.get('task')}")
-    return policy
+    return load_policy(path, policy_task(path, task_name))
 
 
 @lru_cache(maxsize=None)
@@ -262,7 +258,7 @@ def write_sweep(result: Dict[str, Any], records: List[Record], entries: List[Ent
 @click.option("--seed", type=int, default=EVAL_SEED, show_default=True,
               help="First episode seed (episodes use seed, seed+1, ...); also seeds the attack's randomness.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="PGD/MAD iterations.")
-@click.option("--step-size", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--step-size", type=positive_float(), default=None,
               help="PGD/MAD step in pixels [default: 2.5·ε/steps].")
 @click.option("--random-start/--no-random-start", default=True, show_default=True,
               help="PGD starts from a uniform point in the ε ball (MAD always does).")
@@ -283,6 +279,10 @@ def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optio
     from edge_digr.tasks import get_task
 
     get_task(task)  # an unknown name fails here, before any file is read
+    if json_path:
+        check_writable(json_path, inputs=[policy_path], option="--json")
+    if out_dir:
+        check_writable(out_dir, option="--out", folder=True)
     if sum(x is not None for x in (policy_path, compare, merge_text)) != 1:
         raise UserError("pass exactly one of --policy FILE, --compare FILE,FILE,... or --merge JSON,JSON,...")
     if merge_text:

@@ -76,12 +76,12 @@ def connect(host: str, port: int, timeout_s: float = 5.0, backoff: Backoff = Bac
     start = time.monotonic()
     last = ""
     for delay in delays:
-        client = carla.Client(host, port)
-        client.set_timeout(timeout_s)
         try:
+            client = carla.Client(host, port)  # raises at once for a host name that does not resolve
+            client.set_timeout(timeout_s)
             client.get_server_version()
             return client
-        except RuntimeError as exc:  # the client raises RuntimeError on time-out / refused connection
+        except RuntimeError as exc:  # the client raises RuntimeError on time-out / refused connection / no host
             last = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         if delay:
             sleep(delay)

@@ -40,14 +40,34 @@ def _torch_load(source: Any, origin: str) -> Any:
                         f"{str(exc).splitlines()[0][:160]}); pass an edge-digr .pt or an SB3 .zip") from None
 
 
-def load_checkpoint(path: PathLike) -> Tuple[PixelPolicy, Dict[str, Any]]:
-    """(policy in eval mode, config) from an edge-digr checkpoint."""
+def read_resume_state(path: PathLike, keys: Tuple[str, ...]) -> Dict[str, Any]:
+    """The state a `--resume` continues from, or a one-line error: it is unreadable, and how to start over."""
+    start_over = "delete it to start over, or run without --resume"
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, empty, or an object weights_only refuses
+        raise UserError(f"{path} is unreadable ({type(exc).__name__}); {start_over}") from None
+    if not isinstance(blob, dict) or any(k not in blob for k in keys):
+        raise UserError(f"{path} is not a resume state of this command; {start_over}")
+    return blob
+
+
+def _read_checkpoint(path: PathLike) -> Dict[str, Any]:
     if not Path(path).exists():
         raise UserError(f"{path} does not exist; check the path")
+    if Path(path).stat().st_size == 0:
+        raise UserError(f"{path} is empty; pass an edge-digr .pt or an SB3 .zip")
     blob = _torch_load(str(path), str(path))
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("config"), dict) \
+            or not isinstance(blob.get("state_dict"), dict):
         raise UserError(f"{path} is not an edge-digr checkpoint (format {FORMAT!r}); "
                         "train one with `edge-digr train-teacher` or `edge-digr distill`")
+    return blob
+
+
+def load_checkpoint(path: PathLike) -> Tuple[PixelPolicy, Dict[str, Any]]:
+    """(policy in eval mode, config) from an edge-digr checkpoint."""
+    blob = _read_checkpoint(path)
     config = blob["config"]
     policy = PixelPolicy(PolicyConfig.from_dict(config["policy"]))
     policy.load_state_dict(blob["state_dict"])
@@ -61,6 +81,36 @@ def load_policy(path: PathLike, task: Optional[str] = None) -> PixelPolicy:
             raise UserError(f"{path} is an SB3 archive; say which task it was trained on (--task)")
         return load_sb3_zip(path, task)
     return load_checkpoint(path)[0]
+
+
+def policy_task(path: PathLike, given: Optional[str] = None) -> str:
+    """The task a policy file was made for, read from the file: an edge-digr .pt's config, or the manifest
+    of an .onnx or a .plan; `given` (--task) must agree with it. An SB3 .zip records none: `given` names it."""
+    name = str(path)
+    if name.endswith(".zip"):
+        if given is None:
+            raise UserError(f"{path} is an SB3 archive, which does not record its task; pass --task")
+        return given
+    if name.endswith(".onnx"):
+        from edge_digr.manifest import read_onnx_manifest
+
+        manifest = read_onnx_manifest(path) if Path(path).exists() else None
+        if manifest is None:
+            raise UserError(f"{path} is not an edge-digr model with a manifest; export it with `edge-digr export`")
+        recorded = manifest.task
+    elif name.endswith((".plan", ".engine")):
+        from edge_digr.manifest import read_sidecar
+
+        recorded = read_sidecar(path).task
+    else:
+        recorded = _read_checkpoint(path)["config"].get("task")
+    if not isinstance(recorded, str):
+        raise UserError(f"{path} does not record its task; pass an edge-digr .pt from this version")
+    if given is not None and given != recorded:
+        raise UserError(f"{path} was trained on {recorded!r}, not {given!r}; "
+                        f"pass --task {recorded} or leave --task out")
+    get_task(recorded)  # a task this install does not know is refused here, in one line
+    return recorded
 
 
 # -------------------------------------------------------------------------------------- SB3 archives

@@ -33,6 +33,17 @@ COMMANDS: Dict[str, str] = {
     "selftest": "edge_digr.runtime.engine_commands:selftest_command",
 }
 
+# Packages of the desktop install only: a command that reaches for one on the Jetson's torch-free install
+# gets the install hint instead of an ImportError traceback.
+DESKTOP_MODULES = ("torch", "stable_baselines3", "onnx", "gymnasium", "minigrid", "ale_py")
+DESKTOP_HINT = "this command needs the desktop install: pip install 'edge-digr[train]'"
+
+
+def _fail(message: str) -> None:
+    # User and usage errors are one line, exit code 2, no traceback (the message says what to do).
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> List[str]:
@@ -49,9 +60,14 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            # User errors are one line, no traceback (the message says what to do).
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _fail(exc.format_message().replace("\n", " ") + hint)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in DESKTOP_MODULES:
+                raise
+            _fail(f"{DESKTOP_HINT} (missing {exc.name!r})")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,10 +7,14 @@ from typing import Optional
 
 import click
 
+from edge_digr.fileio import check_writable
+from edge_digr.params import FiniteFloat, positive_float
 from edge_digr.tasks import TASKS
 
-task_option = click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default="minigrid-fetch",
-                           show_default=True, help="Task from the registry.")
+DEFAULT_TASK = "minigrid-fetch"
+task_option = click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default=None,
+                           help="Task from the registry (default: the one the policy file records; "
+                                f"{DEFAULT_TASK} where there is none).")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 
@@ -19,6 +23,15 @@ def _teacher(path: str, task_name: str):
     from edge_digr.checkpoint import load_policy
 
     return load_policy(path, task=task_name)
+
+
+def resumed_task(out: Path) -> Optional[str]:
+    """The task of the run being resumed at `out`: from PPO's progress record or the DAgger state."""
+    from edge_digr.imitation import saved_task
+    from edge_digr.teacher import read_progress
+
+    progress = out.with_suffix(".progress.json")
+    return read_progress(progress)["task"] if progress.exists() else saved_task(out)
 
 
 @click.command("train-teacher")
@@ -49,6 +62,9 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
     """Train a teacher, by PPO or by DAgger imitation of a privileged expert, and write it as a checkpoint."""
     from edge_digr.tasks import get_task
 
+    check_writable(out)
+    if task_name is None:  # a resumed run is of the task its progress record names
+        task_name = (resumed_task(Path(out)) if resume else None) or DEFAULT_TASK
     task = get_task(task_name)
     method = method or task.train.teacher_method
     if method == "expert":
@@ -73,20 +89,23 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 @click.command()
 @task_option
 @click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher.pt or an SB3 .zip.")
-@click.option("--frames", type=int, default=None, help="Frames to label (default: the task's budget).")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Frames to label (default: the task's budget).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="labels.npz to write.")
-@click.option("--stride", type=int, default=5, show_default=True, help="Perturbation grid stride.")
-@click.option("--mask-sigma", type=float, default=5.0, show_default=True, help="σ of the Gaussian mask.")
-@click.option("--blur-sigma", type=float, default=3.0, show_default=True, help="σ of the blur.")
+@click.option("--stride", type=click.IntRange(min=1), default=5, show_default=True, help="Perturbation grid stride.")
+@click.option("--mask-sigma", type=positive_float(), default=5.0, show_default=True, help="σ of the Gaussian mask.")
+@click.option("--blur-sigma", type=positive_float(), default=3.0, show_default=True, help="σ of the blur.")
 @seed_option
 @quiet_option
 def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride: int, mask_sigma: float,
           blur_sigma: float, seed: int, quiet: bool) -> None:
     """Roll the teacher out and label each frame with its perturbation saliency."""
+    from edge_digr.checkpoint import policy_task
     from edge_digr.labels import label as run_label
     from edge_digr.perturbation import PerturbationConfig
     from edge_digr.tasks import get_task
 
+    check_writable(out, inputs=[teacher])
+    task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     n = frames or task.train.label_frames
     run_label(_teacher(teacher, task_name), task, n, seed, out, PerturbationConfig(stride, mask_sigma, blur_sigma),
@@ -97,24 +116,26 @@ def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride:
 def distill_options(f):
     for option in reversed([
         click.option("--mode", type=click.Choice(["digr", "plain", "igr"]), default="digr", show_default=True),
-        click.option("--lam", type=float, default=None, help="Gradient-penalty weight λ (default: the task's)."),
+        click.option("--lam", type=FiniteFloat(min=0), default=None,
+                     help="Gradient-penalty weight λ (default: the task's)."),
         click.option("--mask-rule", type=click.Choice(["fraction", "topk", "soft"]), default="fraction",
                      show_default=True, help="Non-salient region: below a fraction of the frame max, outside the "
                                              "top-k share, or soft weights 1 − S/max S (no threshold)."),
-        click.option("--mask-threshold", type=float, default=0.1, show_default=True),
+        click.option("--mask-threshold", type=FiniteFloat(min=0), default=0.1, show_default=True),
         click.option("--penalty-target", type=click.Choice(["logp", "logit"]), default="logp", show_default=True,
                      help="What the penalty differentiates: log π(a*|x), the deployed saliency (DESIGN.md), "
                           "or the greedy logit (an investigation option, discrete tasks)."),
         click.option("--penalty-norm", type=click.Choice(["none", "share"]), default="none", show_default=True,
                      help="none: ‖A ⊙ ∇g‖² (DESIGN.md); share: divided by ‖∇g‖² per frame, so only where the "
                           "gradient lies is penalised, not its size (an investigation option)."),
-        click.option("--temperature", type=float, default=1.0, show_default=True),
+        click.option("--temperature", type=positive_float(), default=1.0, show_default=True),
         click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
                      help="Student architecture."),
-        click.option("--epochs", type=int, default=None, help="Epochs (default: the task's)."),
-        click.option("--dagger-rounds", type=int, default=None,
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the task's)."),
+        click.option("--dagger-rounds", type=click.IntRange(min=0), default=None,
                      help="Rounds of student rollouts labelled by the teacher (default: the task's)."),
-        click.option("--dagger-frames", type=int, default=None, help="Frames per DAgger round (default: the task's)."),
+        click.option("--dagger-frames", type=click.IntRange(min=1), default=None,
+                     help="Frames per DAgger round (default: the task's)."),
     ]):
         f = option(f)
     return f
@@ -134,10 +155,13 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
             arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
             resume: bool, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
+    from edge_digr.checkpoint import policy_task
     from edge_digr.distill import DistillConfig, distill as run
     from edge_digr.labels import load_labels, split
     from edge_digr.tasks import get_task
 
+    check_writable(out, inputs=[teacher, labels_path])
+    task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
@@ -151,7 +175,8 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
 @click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
               help="Policy: .pt checkpoint, SB3 .zip, fused .onnx, or TensorRT .plan.")
 @task_option
-@click.option("--episodes", type=int, default=None, help="Evaluation episodes (default: the task's).")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="Evaluation episodes (default: the task's).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None,
               help="labels.npz: held-out frames for saliency agreement and timing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
@@ -160,11 +185,14 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
 def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_path: Optional[str],
              json_path: Optional[str], seed: int, quiet: bool) -> None:
     """Return and success on fixed seeds; saliency agreement, pointing and timing on held-out frames."""
+    from edge_digr.checkpoint import policy_task
     from edge_digr.fileio import write_json
     from edge_digr.metrics import evaluate_policy, open_policy
     from edge_digr.tasks import get_task
 
-    task = get_task(task_name)
+    if json_path:
+        check_writable(json_path, inputs=[policy_path, labels_path], option="--json")
+    task = get_task(policy_task(policy_path, task_name))
     policy = open_policy(policy_path, task)
     metrics = evaluate_policy(policy, task, episodes or task.train.eval_episodes, labels_path, seed, not quiet)
     click.echo(json.dumps(metrics, indent=2))
@@ -193,6 +221,7 @@ def demo(task_name: str, out: str, budget: str, modes: str, teacher: Optional[st
     from edge_digr.demo import run_demo
     from edge_digr.tasks import get_task
 
-    report = run_demo(get_task(task_name), Path(out), budget, [m.strip() for m in modes.split(",") if m.strip()],
+    check_writable(out, folder=True)
+    report = run_demo(get_task(task_name or DEFAULT_TASK), Path(out), budget, [m.strip() for m in modes.split(",") if m.strip()],
                       seed, progress=not quiet, teacher=Path(teacher) if teacher else None, train_teacher=train)
     click.echo(f"report: {report}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_digr.checkpoint import save_checkpoint
+from edge_digr.checkpoint import read_resume_state, save_checkpoint
 from edge_digr.errors import UserError
 from edge_digr.fileio import PathLike, atomic_path
 from edge_digr.policies import PixelPolicy, PolicyConfig
@@ -158,14 +158,18 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
     resume_path = Path(str(out) + ".resume.pt")
     start = 0
     if resume and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        state = read_resume_state(resume_path, ("config", "student", "optimizer", "added", "epoch"))
         if state["config"] != asdict(cfg):
             raise UserError(f"{resume_path} was written with other options ({state['config']}); "
                             "resume with the same options or delete it")
-        student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        added = {k: v.numpy() for k, v in state["added"].items()}
-        start = int(state["epoch"])
+        try:
+            student.load_state_dict(state["student"])
+            optimizer.load_state_dict(state["optimizer"])
+            added = {k: v.numpy() for k, v in state["added"].items()}
+            start = int(state["epoch"])
+        except (RuntimeError, ValueError, KeyError, AttributeError, TypeError):
+            raise UserError(f"{resume_path} does not fit this student; delete it to start over, "
+                            "or run without --resume") from None
     elif resume:
         raise UserError(f"nothing to resume: {resume_path} does not exist; start without --resume")
 

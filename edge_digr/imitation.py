@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,6 +59,10 @@ class ImitationConfig:
         return self.beta0 * self.beta_decay ** k
 
 
+def work_dir_of(out: Path) -> Path:
+    return Path(str(out) + ".dagger")
+
+
 @dataclass
 class ImitationRun:
     out: Path  # teacher.pt; round data and resume state go to <out>.dagger/
@@ -68,7 +72,7 @@ class ImitationRun:
 
     @property
     def work_dir(self) -> Path:
-        return Path(str(self.out) + ".dagger")
+        return work_dir_of(self.out)
 
     @property
     def state_path(self) -> Path:
@@ -160,6 +164,21 @@ def _load_round(path: Path) -> Dict[str, np.ndarray]:
         raise UserError(f"{path} is unreadable ({exc}); delete {path.parent} to start over") from None
 
 
+def load_state(path: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(torch state, its JSON config) of an interrupted DAgger run, or a one-line error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state, json.loads(state["config"])
+    except Exception as exc:  # truncated or foreign file
+        raise UserError(f"{path} is unreadable ({type(exc).__name__}); delete {path.parent} to start over") from None
+
+
+def saved_task(out: Path) -> Optional[str]:
+    """The task of the DAgger run interrupted at `out`, if there is one."""
+    path = work_dir_of(out) / "state.pt"
+    return load_state(path)[1]["task"] if path.exists() else None
+
+
 def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = False) -> PixelPolicy:
     from tqdm import tqdm
 
@@ -174,12 +193,7 @@ def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = F
     if resume:
         if not run.state_path.exists():
             raise UserError(f"nothing to resume: {run.state_path} does not exist; start without --resume")
-        try:
-            state = torch.load(run.state_path, map_location="cpu", weights_only=True)
-            saved = json.loads(state["config"])
-        except Exception as exc:  # truncated or foreign file
-            raise UserError(f"{run.state_path} is unreadable ({type(exc).__name__}); "
-                            f"delete {run.work_dir} to start over") from None
+        state, saved = load_state(run.state_path)
         # More rounds may be asked for on resume (train longer); every other option must match, since the
         # rounds already on disk were collected and trained with them.
         same = {**saved["imitation"], "rounds": cfg.rounds} == asdict(cfg)

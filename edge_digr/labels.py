@@ -96,8 +96,8 @@ def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLik
 
 
 def save_labels(path: PathLike, data: Dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **data)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(f, **data)
 
 
 def load_labels(path: PathLike, task: Task) -> Dict[str, np.ndarray]:

@@ -56,6 +56,9 @@ class Manifest:
         missing = [k for k in ("task", "inputs", "outputs", "action", "saliency_target") if k not in data]
         if missing:
             raise UserError(f"{origin} lacks {', '.join(missing)}; re-export the model with `edge-digr export`")
+        problem = schema_problem(data)
+        if problem:
+            raise UserError(f"{origin} is malformed: {problem}; re-export the model with `edge-digr export`")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
@@ -66,6 +69,63 @@ class Manifest:
             raise UserError(f"{origin} is not valid JSON ({exc.msg} at line {exc.lineno}); "
                             "re-export the model with `edge-digr export`") from None
         return cls.from_dict(data, origin)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensor_problem(kind: str, specs: Any) -> Optional[str]:
+    if not isinstance(specs, list) or not specs:
+        return f"{kind} must be a non-empty list"
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            return f"{kind}[{i}] needs a non-empty string 'name'"
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or len(shape) < 2 \
+                or not all(_is_int(d) and (d > 0 or d == -1) for d in shape):
+            return f"{kind}[{i}] ({spec['name']}) needs a 'shape': a list of sizes, batch first (-1 if dynamic)"
+        if "dtype" in spec and not isinstance(spec["dtype"], str):
+            return f"{kind}[{i}] ({spec['name']}) has a 'dtype' that is not a string"
+    return None
+
+
+def schema_problem(data: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a manifest's fields (types, sizes, the action count against the head), or None.
+
+    Checked once, on load, so that no later reader meets a string where a list belongs."""
+    for key in ("task", "saliency_target", "precision", "source", "source_sha256", "format"):
+        if key in data and not isinstance(data[key], str):
+            return f"'{key}' must be a string"
+    for key in ("versions", "extra"):
+        if key in data and not isinstance(data[key], dict):
+            return f"'{key}' must be an object"
+    problem = _tensor_problem("inputs", data["inputs"]) or _tensor_problem("outputs", data["outputs"])
+    if problem:
+        return problem
+    action = data["action"]
+    if not isinstance(action, dict) or action.get("kind") not in ("discrete", "continuous"):
+        return "'action' must be an object whose 'kind' is 'discrete' or 'continuous'"
+    n = action.get("n")
+    if not _is_int(n) or n < 1:
+        return "'action' needs 'n', the number of actions (an integer >= 1)"
+    names = action.get("names")
+    if not isinstance(names, list) or len(names) != n or not all(isinstance(x, str) for x in names):
+        return f"'action' needs 'names': {n} strings"
+    if action["kind"] == "continuous":
+        for key in ("low", "high"):
+            bound = action.get(key)
+            if not isinstance(bound, list) or len(bound) != n \
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in bound):
+                return f"a continuous 'action' needs '{key}': {n} numbers"
+    head = "action" if action["kind"] == "continuous" else "logits"
+    heads = [o for o in data["outputs"] if o["name"] == head]
+    if not heads:
+        return f"a {action['kind']} model needs an output named {head!r}"
+    width = heads[0]["shape"][-1]
+    if width != -1 and width != n:
+        return f"output {head!r} has {width} columns but 'action' counts {n} actions"
+    return None
 
 
 def for_task(task_name: str, batch: int = -1, **fields: Any) -> Manifest:

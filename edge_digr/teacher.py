@@ -146,6 +146,19 @@ def save_teacher(model: PPO, task: Task, run: TeacherRun) -> None:
     write_json(run.progress_path, {"task": task.name, "steps": int(model.num_timesteps), "seed": run.seed})
 
 
+def read_progress(path: Path) -> Dict[str, Any]:
+    """`<out>.progress.json` of an interrupted run ({"task", "steps", "seed"}), or a one-line error."""
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        progress = exc
+    if not isinstance(progress, dict) or not isinstance(progress.get("task"), str) \
+            or not isinstance(progress.get("steps"), int) or progress["steps"] < 0:
+        raise UserError(f"{path} is unreadable or not a progress record of `edge-digr train-teacher`; "
+                        "delete it to start over, or run without --resume")
+    return progress
+
+
 def train_teacher(task: Task, run: TeacherRun, resume: bool = False) -> PixelPolicy:
     torch.set_num_threads(run.threads)
     env = make_vec_env(task, run.n_envs or task.train.n_envs, run.seed, run.subprocess)
@@ -155,11 +168,15 @@ def train_teacher(task: Task, run: TeacherRun, resume: bool = False) -> PixelPol
         if not (run.sb3_path.exists() and run.progress_path.exists()):
             raise UserError(f"nothing to resume at {run.out}: {run.sb3_path.name} or "
                             f"{run.progress_path.name} is missing; start without --resume")
-        progress = json.loads(run.progress_path.read_text())
-        if progress.get("task") != task.name:
-            raise UserError(f"{run.progress_path} is a {progress.get('task')!r} run, not {task.name!r}")
-        model.set_parameters(str(run.sb3_path), exact_match=True, device="cpu")
-        start = model.num_timesteps = int(progress["steps"])
+        progress = read_progress(run.progress_path)
+        if progress["task"] != task.name:
+            raise UserError(f"{run.progress_path} is a {progress['task']!r} run, not {task.name!r}")
+        try:
+            model.set_parameters(str(run.sb3_path), exact_match=True, device="cpu")
+        except Exception as exc:  # SB3 raises zipfile, torch and key errors for a damaged or foreign archive
+            raise UserError(f"{run.sb3_path} is unreadable or not this run's ({type(exc).__name__}); "
+                            f"delete it and {run.progress_path.name} to start over, or run without --resume") from None
+        start = model.num_timesteps = progress["steps"]
     callback = Checkpointer(run, task, start)
     try:
         if run.steps > start:

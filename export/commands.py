@@ -6,11 +6,16 @@ from typing import Optional
 
 import click
 
+from edge_digr.fileio import check_writable
+
+MIN_OPSET = 9  # the exporter's graphs need opset 9 (at 7, torch.onnx has no arange)
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="fused ONNX graph to write")
-@click.option("--opset", default=17, show_default=True, help="ONNX opset (17: TensorRT 8.5 and 10 parse it)")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=17, show_default=True,
+              help=f"ONNX opset, at least {MIN_OPSET} (17: TensorRT 8.5 and 10 parse it)")
 @click.option("--static-batch", is_flag=True, help="fix the batch size to 1 instead of a dynamic batch axis")
 @click.option("--raw-grad", is_flag=True, help="also output the signed input gradient `input_grad`")
 @click.option("--separate-backward-weights", is_flag=True,
@@ -22,6 +27,7 @@ def export(checkpoint: str, out: str, opset: int, static_batch: bool, raw_grad: 
     """Export CHECKPOINT (.pt, or SB3 .zip with --task) to one ONNX graph returning the head and the saliency."""
     from edge_digr.export.fused import export_checkpoint
 
+    check_writable(out, inputs=[checkpoint])
     manifest = export_checkpoint(checkpoint, out, opset=opset, dynamic_batch=not static_batch, raw_grad=raw_grad,
                                  separate_backward_weights=separate_backward_weights, forward_only=forward_only,
                                  task=task)

@@ -139,19 +139,16 @@ def export_checkpoint(ckpt_path: PathLike, out_path: PathLike, opset: int = DEFA
 
     `ckpt_path` is an edge-digr `.pt` (`save_checkpoint`) or an SB3 `.zip` (then `task` is required).
     """
-    from edge_digr.checkpoint import load_checkpoint, load_sb3_zip
+    from edge_digr.checkpoint import load_checkpoint, load_sb3_zip, policy_task
 
     if forward_only and (raw_grad or separate_backward_weights):
         raise UserError("a forward-only graph has no gradient path: drop raw_grad/separate_backward_weights")
+    task = policy_task(ckpt_path, task)
     if str(ckpt_path).endswith(".zip"):
-        if task is None:
-            raise UserError(f"{ckpt_path} is an SB3 archive; say which task it was trained on (--task)")
         policy, role = load_sb3_zip(ckpt_path, task), "sb3"
     else:
         policy, config = load_checkpoint(ckpt_path)
-        if task is not None and task != config["task"]:
-            raise UserError(f"{ckpt_path} holds a {config['task']!r} policy, not {task!r}")
-        task, role = config["task"], config.get("role", "")
+        role = config.get("role", "")
     manifest = for_task(task, batch=-1 if dynamic_batch else 1, source=Path(ckpt_path).name,
                         source_sha256=sha256_file(ckpt_path))
     manifest.extra["role"] = role

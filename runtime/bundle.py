@@ -11,13 +11,15 @@ Layout of the archive (a gzip'd tar)::
 Unpacking is for files received over the network, so it trusts nothing: before writing anything it
 refuses the whole archive if any member is not a regular file or directory (symlinks, hard links, devices,
 FIFOs), has an absolute name or a ``..`` component, would resolve outside the target folder, is missing
-from the index, or is listed twice; each file is written atomically and checked against its sha256.
+from the index, is listed twice, or holds another size than its index announces; files are extracted into
+a staging folder, checked against their size and sha256, and moved into place only if every one passed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
@@ -132,20 +134,35 @@ def check_members(tar: tarfile.TarFile, target: Path) -> Dict[str, Path]:
     return dests
 
 
+MAX_INDEX_BYTES = 1 << 20  # bundle.json lists a few members: anything larger is not one
+
+
 def read_index(tar: tarfile.TarFile) -> Dict[str, Member]:
     try:
-        raw = tar.extractfile(INDEX)
+        info = tar.getmember(INDEX)
+        raw = tar.extractfile(info) if info.size <= MAX_INDEX_BYTES else None
         index = json.loads(raw.read()) if raw else None
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
         index = None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise UserError(f"not an edge-digr bundle ({INDEX} with format {FORMAT!r} missing); "
                         "make one with `edge-digr bundle pack`")
-    return {m["name"]: Member(**m) for m in index["members"]}
+    entries = index.get("members")
+    fields = {"name": str, "role": str, "size": int, "sha256": str}
+    if not isinstance(entries, list) or not all(
+            isinstance(m, dict) and set(m) == set(fields) and all(isinstance(m[k], t) for k, t in fields.items())
+            and m["size"] >= 0 for m in entries):
+        raise UserError(f"refusing bundle: its {INDEX} does not list members with name, role, size and sha256")
+    members = [Member(**m) for m in entries]
+    return {m.name: m for m in members}
 
 
 def unpack(archive: PathLike, target: PathLike) -> List[Path]:
-    """Extract a bundle into `target` (created if needed); returns the written files, index first."""
+    """Extract a bundle into `target` (created if needed); returns the written files, index first.
+
+    All or nothing: every member's size is held to its index before anything is written; the members are
+    then extracted into a staging folder inside `target`, checked against their sha256, and moved into place
+    only once every one has passed, so that a refused bundle leaves `target` as it was."""
     target_dir = Path(target)
     target_dir.mkdir(parents=True, exist_ok=True)
     target_dir = target_dir.resolve()
@@ -162,19 +179,34 @@ def unpack(archive: PathLike, target: PathLike) -> List[Path]:
         absent = sorted(set(index) - set(dests))
         if absent:
             raise UserError(f"bundle is incomplete: {absent[0]!r} is listed in its index but missing")
-        written = []
-        for name in [INDEX] + list(index):
-            src = tar.extractfile(name)
-            assert src is not None  # regular file, checked above
-            digest = hashlib.sha256()
-            with atomic_path(dests[name]) as tmp, open(tmp, "wb") as out:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(block)
-                    out.write(block)
-                if name != INDEX and digest.hexdigest() != index[name].sha256:
-                    raise UserError(f"bundle member {name!r} is corrupt (sha256 mismatch); copy the bundle again")
-            written.append(dests[name])
-    return written
+        for name, member in index.items():
+            if tar.getmember(name).size != member.size:
+                raise UserError(f"refusing bundle: member {name!r} holds {tar.getmember(name).size} bytes, its "
+                                f"index announces {member.size}; copy the bundle again")
+        staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=target_dir))
+        try:
+            for name in [INDEX] + list(index):
+                _extract_checked(tar, name, index.get(name), staging / name)
+            for name in [INDEX] + list(index):
+                dests[name].parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, dests[name])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [dests[name] for name in [INDEX] + list(index)]
+
+
+def _extract_checked(tar: tarfile.TarFile, name: str, member: Optional[Member], out_path: Path) -> None:
+    """Copy member `name` (its size already held to the index) to `out_path`; refuse it if its sha256 differs."""
+    src = tar.extractfile(name)
+    assert src is not None  # regular file, checked above
+    digest = hashlib.sha256()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "wb") as out:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    if member is not None and digest.hexdigest() != member.sha256:
+        raise UserError(f"bundle member {name!r} is corrupt (sha256 mismatch); copy the bundle again")
 
 
 def describe(members: Iterable[Member]) -> str:

@@ -5,6 +5,8 @@ from typing import Optional
 
 import click
 
+from edge_digr.params import positive_float
+
 
 @click.command("run")
 @click.option("--engine", "engine", required=True, type=click.Path(dir_okay=False),
@@ -14,11 +16,11 @@ import click
 @click.option("--episodes", type=click.IntRange(min=1), default=None,
               help="Stop after N finished episodes (default: 1 for env/carla feeds, all frames for replay).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
-@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--deadline-ms", type=positive_float(), default=None,
               help="Count inference calls slower than this.")
 @click.option("--record", "record", type=click.Path(dir_okay=False), default=None,
               help="Write frame | saliency overlay(s) side by side to out.mp4 or out.gif.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--fps", type=positive_float(), default=10.0, show_default=True,
               help="Frame rate of --record.")
 @click.option("--show", is_flag=True, help="Show the overlay in a window (needs a display).")
 @click.option("--save-feed", "save_feed", type=click.Path(dir_okay=False), default=None,
@@ -54,6 +56,7 @@ def run(engine: str, feed: str, episodes: Optional[int], max_steps: Optional[int
     With --serve, watch it from a browser: a replay (--feed replay:FILE) can be paused and stepped there.
     """
     from edge_digr.errors import UserError
+    from edge_digr.fileio import check_writable
     from edge_digr.runtime.loop import RunOptions, run_session
     from edge_digr.runtime.serve import ServeOptions, check_token, exposure_warning, parse_address
 
@@ -68,6 +71,9 @@ def run(engine: str, feed: str, episodes: Optional[int], max_steps: Optional[int
     elif serve_token is not None and click.get_current_context().get_parameter_source("serve_token") \
             != click.core.ParameterSource.ENVIRONMENT:  # a token left in the environment is no mistake
         raise UserError("--serve-token needs --serve [HOST:]PORT")
+
+    if json_out:
+        check_writable(json_out, inputs=[engine], option="--json")
     summary = run_session(RunOptions(
         engine=engine, feed=feed, episodes=episodes, max_steps=max_steps, deadline_ms=deadline_ms,
         record=record, fps=fps, show=show, save_feed=save_feed, seed=seed, providers=list(providers),

@@ -10,21 +10,24 @@ import click
 @click.command()
 @click.option("--engine", "engine", required=True, type=click.Path(dir_okay=False),
               help="Fused model: .onnx (ONNX Runtime) or a TensorRT plan (.plan/.engine/.trt).")
-@click.option("--batch", default=1, show_default=True, type=int, help="Frames per inference call.")
-@click.option("--iterations", default=200, show_default=True, type=int, help="Timed calls per variant.")
-@click.option("--warmup", default=20, show_default=True, type=int, help="Untimed calls before timing.")
-@click.option("--rounds", default=10, show_default=True, type=int,
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per inference call.")
+@click.option("--iterations", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Timed calls per variant.")
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Untimed calls before timing.")
+@click.option("--rounds", default=10, show_default=True, type=click.IntRange(min=1),
               help="Interleave the variants over this many rounds (1: one block each, cleanest power windows).")
-@click.option("--perturbation-frames", default=5, show_default=True, type=int,
+@click.option("--perturbation-frames", default=5, show_default=True, type=click.IntRange(min=0),
               help="Frames timed for the perturbation-saliency baseline (each is hundreds of forward passes).")
-@click.option("--perturbation-batch", default=256, show_default=True, type=int,
+@click.option("--perturbation-batch", default=256, show_default=True, type=click.IntRange(min=1),
               help="Perturbed frames per forward call (keep within a TensorRT engine's batch profile).")
 @click.option("--forward", type=click.Path(dir_okay=False),
               help="Forward-only model; default for .onnx: derived from the fused graph. Needed for a plan.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Torch checkpoint for the eager forward+autograd baseline (default: the manifest's source).")
-@click.option("--threads", type=int, help="Threads of ONNX Runtime's intra-op pool and of the torch baseline.")
-@click.option("--layer-iterations", default=20, show_default=True, type=int,
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads of ONNX Runtime's intra-op pool and of the torch baseline.")
+@click.option("--layer-iterations", default=20, show_default=True, type=click.IntRange(min=0),
               help="Calls in the per-layer profiling pass (0 skips it).")
 @click.option("--power-rail", help="tegrastats rail for power and energy (default: VDD_IN or POM_5V_IN).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
@@ -35,11 +38,16 @@ def profile(engine: str, batch: int, iterations: int, warmup: int, rounds: int, 
             plot_out: Optional[str]) -> None:
     """Latency of the fused pass next to the forward-only graph, perturbation saliency and torch autograd."""
     from edge_digr.perturbation import PerturbationConfig
-    from edge_digr.fileio import write_json
-    from edge_digr.runtime.profiler import ProfileConfig, plot_cdf, profile as run_profile, pyplot
+    from edge_digr.fileio import check_writable, write_json
+    from edge_digr.runtime.profiler import ProfileConfig, check_plot_path, plot_cdf, profile as run_profile, pyplot
 
+    inputs = [engine, forward, checkpoint]
+    if json_out:
+        check_writable(json_out, inputs=inputs, option="--json")
     if plot_out:
+        check_writable(plot_out, inputs=inputs, option="--plot")
         pyplot()  # fail before the run, not after it, when matplotlib is missing
+        check_plot_path(plot_out)
     cfg = ProfileConfig(batch=batch, iterations=iterations, warmup=warmup, rounds=rounds,
                         perturbation_iterations=perturbation_frames,
                         perturbation=PerturbationConfig(batch_size=perturbation_batch), threads=threads,
@@ -93,8 +101,10 @@ def bundle() -> None:
 def bundle_pack(model: str, out: str, calibration: Tuple[str, ...], forward: Optional[str],
                 no_forward: bool) -> None:
     """Pack MODEL (fused ONNX), its manifest, forward-only graph and calibration data into one archive."""
+    from edge_digr.fileio import check_writable
     from edge_digr.runtime.bundle import describe, pack
 
+    check_writable(out, inputs=[model, forward, *calibration])
     members = pack(model, out, calibration, forward=forward, derive_forward=not no_forward)
     click.echo(f"{out}:\n{describe(members)}")
 
@@ -104,7 +114,9 @@ def bundle_pack(model: str, out: str, calibration: Tuple[str, ...], forward: Opt
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False), help="Folder to unpack into.")
 def bundle_unpack(archive: str, target: str) -> None:
     """Unpack ARCHIVE into a folder, refusing members that would land outside it."""
+    from edge_digr.fileio import check_writable
     from edge_digr.runtime.bundle import unpack
 
+    check_writable(target, inputs=[archive], option="--to", folder=True)
     for path in unpack(archive, target):
         click.echo(str(Path(path)))

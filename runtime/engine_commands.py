@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from edge_digr.errors import UserError
+from edge_digr.fileio import check_writable
 
 
 @click.command("build")
@@ -21,7 +22,7 @@ from edge_digr.errors import UserError
               help="Engine to write (.plan); its manifest goes to OUT.json.")
 @click.option("--batch", default="1", show_default=True,
               help="Optimisation profile of the batch dimension: MIN,OPT,MAX (or one number).")
-@click.option("--workspace", "workspace_mb", type=int, default=1024, show_default=True,
+@click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Builder workspace limit in MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Tactic timing cache: read if present, written after the build (speeds up rebuilds).")
@@ -29,7 +30,8 @@ from edge_digr.errors import UserError
               help="Implicit INT8 (TensorRT 8.5): calibration cache, re-read if present, else written.")
 @click.option("--calib-data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Implicit INT8: frames .npz to calibrate on when the cache does not exist yet.")
-@click.option("--calib-batch", type=int, default=8, show_default=True, help="Implicit INT8 calibration batch.")
+@click.option("--calib-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Implicit INT8 calibration batch.")
 def build(onnx_path: Path, precision: str, out: Path, batch: str, workspace_mb: int,
           timing_cache: Optional[Path], calib_cache: Optional[Path], calib_data: Optional[Path],
           calib_batch: int) -> None:
@@ -38,6 +40,7 @@ def build(onnx_path: Path, precision: str, out: Path, batch: str, workspace_mb: 
 
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path} does not exist; export it with `edge-digr export`")
+    check_writable(out, inputs=[onnx_path, calib_data])
     opts = BuildOptions(onnx=onnx_path, out=out, precision=precision, batch=parse_batch(batch),
                         workspace_mb=workspace_mb, timing_cache=timing_cache, calib_cache=calib_cache,
                         calib_data=calib_data, calib_batch=calib_batch)
@@ -54,7 +57,8 @@ def build(onnx_path: Path, precision: str, out: Path, batch: str, workspace_mb: 
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Frames .npz to compare on [default: random frames of the model's shapes]; "
                    "use recorded frames for INT8 engines, whose scales fit real frames only.")
-@click.option("--frames", "n_frames", type=int, default=64, show_default=True, help="Number of frames.")
+@click.option("--frames", "n_frames", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Number of frames.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random frames.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result as JSON.")
@@ -68,8 +72,8 @@ def selftest_command(engine_path: Path, onnx_path: Optional[Path], data: Optiona
     from edge_digr.runtime.runners import OnnxRuntimeRunner, open_runner
     from edge_digr.runtime.selftest import engine_batch, selftest
 
-    if n_frames < 1:
-        raise UserError(f"--frames must be at least 1, got {n_frames}")
+    if json_path is not None:
+        check_writable(json_path, inputs=[engine_path, onnx_path, data], option="--json")
     engine = open_runner(engine_path)
     if onnx_path is None:
         if not engine.manifest.source.endswith(".onnx"):

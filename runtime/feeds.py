@@ -125,13 +125,19 @@ def open_feed(spec: str, manifest: Manifest, seed: int = 0) -> Feed:
     raise UserError(f"unknown feed {spec!r}; use env, replay:PATH (.npz or a PNG folder) or carla://HOST:PORT")
 
 
+# Bounds of carla:// query values: beyond them a typo would hang a run for days (NaN fails every comparison).
+MAX_CARLA_TIMEOUT_S = 600.0
+MAX_CARLA_RETRIES = 100
+
+
 def parse_carla_url(spec: str) -> Tuple[str, int, Dict[str, Any]]:
     """(host, port, connection options) from carla://HOST:PORT[?timeout=SECONDS&retries=N]."""
     from urllib.parse import parse_qs, urlsplit
 
     from edge_digr.carla_env import Backoff
 
-    bad = f"bad CARLA address {spec!r}; expected carla://HOST:PORT[?timeout=SECONDS&retries=N]"
+    bad = (f"bad CARLA address {spec!r}; expected carla://HOST:PORT[?timeout=SECONDS&retries=N] with "
+           f"0 < SECONDS <= {MAX_CARLA_TIMEOUT_S} and 1 <= N <= {MAX_CARLA_RETRIES}")
     try:
         url = urlsplit(spec)
         host, port = url.hostname, url.port or 2000  # CARLA's default RPC port
@@ -143,8 +149,8 @@ def parse_carla_url(spec: str) -> Tuple[str, int, Dict[str, Any]]:
             options["backoff"] = Backoff(attempts=int(query.pop("retries")))
     except ValueError:
         raise UserError(bad) from None
-    if not host or query or url.path not in ("", "/") or options.get("timeout_s", 1) <= 0 \
-            or ("backoff" in options and options["backoff"].attempts < 1):
+    if not host or query or url.path not in ("", "/") or not 0 < options.get("timeout_s", 1) <= MAX_CARLA_TIMEOUT_S \
+            or ("backoff" in options and not 1 <= options["backoff"].attempts <= MAX_CARLA_RETRIES):
         raise UserError(bad)
     return host, port, options
 
@@ -159,6 +165,8 @@ def load_replay(path: PathLike, manifest: Manifest) -> Dict[str, np.ndarray]:
     if not p.exists():
         raise UserError(f"replay source {path} does not exist; check the path")
     frames = _load_png_folder(p, manifest) if p.is_dir() else _load_npz(p, manifest)
+    if any(a.ndim >= 1 and len(a) == 0 for a in frames.values()):
+        raise UserError(f"replay {path} holds no frames; record some with `edge-digr run --save-feed FILE.npz`")
     for name, shape in _input_shapes(manifest).items():
         got = frames[name].shape[1:]
         if got != shape:
@@ -177,6 +185,10 @@ def _load_npz(path: Path, manifest: Manifest) -> Dict[str, np.ndarray]:
     if missing:
         raise UserError(f"replay {path} lacks array(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'}); "
                         "it needs one array per model input, named like the inputs")
+    bad = [n for n in manifest.input_names if arrays[n].dtype.kind not in "biuf"]
+    if bad:
+        raise UserError(f"replay {path}: array {bad[0]!r} holds {arrays[bad[0]].dtype} values, not numbers; "
+                        "it needs pixel values (as `--save-feed` writes them)")
     return {n: np.asarray(arrays[n], dtype=np.float32) for n in manifest.input_names}
 
 
@@ -197,6 +209,10 @@ def _load_png_folder(folder: Path, manifest: Manifest) -> Dict[str, np.ndarray]:
                 images.append(np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.float32))
         except OSError:
             raise UserError(f"replay frame {f} is not a readable PNG") from None
+    sizes = sorted({im.shape[:2] for im in images})
+    if len(sizes) != 1:
+        raise UserError(f"replay PNG frames in {folder} differ in size (height, width): "
+                        f"{', '.join(map(str, sizes))}; a replay needs frames of one size")
     if channels == 3:
         obs = np.stack([np.transpose(im, (2, 0, 1)) for im in images])
     else:
@@ -206,10 +222,7 @@ def _load_png_folder(folder: Path, manifest: Manifest) -> Dict[str, np.ndarray]:
 
 def _stack_grey(images: Sequence[np.ndarray], depth: int) -> np.ndarray:
     """(T, depth, H, W): each frame with the depth-1 frames before it, the first frame repeated at the start
-    (as gymnasium's FrameStackObservation pads with the reset observation)."""
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise UserError(f"replay PNG frames differ in size: {sorted(shapes)}")
+    (as gymnasium's FrameStackObservation pads with the reset observation). The frames share one size."""
     padded = [images[0]] * (depth - 1) + list(images)
     return np.stack([np.stack(padded[t:t + depth]) for t in range(len(images))])
 

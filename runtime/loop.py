@@ -4,6 +4,11 @@ Per frame: a frame with NaN/Inf values is skipped (not inferred) and counted, a 
 is counted and not inferred either; in both cases an interactive feed gets the previous action again
 (hold the last command — for a vehicle, the safe default over a made-up one). Latency is the runner's
 per-call time (host to host, copies included); a deadline miss is a call slower than `deadline_ms`.
+
+Memory stays flat on long runs: latency percentiles come from a fixed-size reservoir (exact up to its
+size), the mean return from a running sum, and the summary lists only the latest returns. SIGTERM (how
+systemd stops a service) ends the run after the current step, like reaching a limit: the recording is
+closed and kept, the summary printed.
 """
 from __future__ import annotations
 
@@ -17,6 +22,10 @@ from edge_digr.manifest import Manifest
 from edge_digr.tasks import ActionSpec
 from edge_digr.runtime.feeds import Feed, Frame
 from edge_digr.runtime.runners import Runner
+from edge_digr.runtime.stats import Reservoir
+
+RETURNS_KEPT = 100  # returns listed in the summary (the latest): a day-long run finishes thousands of episodes
+RETURNS_SHOWN = 10  # of which the text summary prints
 
 if TYPE_CHECKING:
     from edge_digr.runtime.serve import ServeOptions
@@ -43,7 +52,8 @@ class StepResult:
 class RunSummary:
     steps: int = 0  # frames inferred
     episodes: int = 0  # episodes finished
-    returns: List[float] = field(default_factory=list)  # of finished episodes
+    returns: List[float] = field(default_factory=list)  # of the latest finished episodes, at most RETURNS_KEPT
+    return_total: float = 0.0  # summed over every finished episode
     partial_return: Optional[float] = None  # of an episode cut by --max-steps
     latency_p50_ms: Optional[float] = None
     latency_p99_ms: Optional[float] = None
@@ -52,10 +62,16 @@ class RunSummary:
     nonfinite_frames: int = 0  # NaN/Inf frames skipped
     dropped_frames: int = 0  # frames the source lost
     reconnects: int = 0  # CARLA server reconnections
+    stopped_by: Optional[str] = None  # the signal that ended the run early (SIGTERM)
 
     @property
     def mean_return(self) -> Optional[float]:
-        return float(np.mean(self.returns)) if self.returns else None
+        return self.return_total / self.episodes if self.episodes else None
+
+    def add_return(self, value: float) -> None:
+        self.episodes += 1
+        self.return_total += value
+        self.returns = (self.returns + [value])[-RETURNS_KEPT:]
 
     def to_dict(self) -> Dict[str, Any]:
         return {**asdict(self), "mean_return": self.mean_return}
@@ -65,8 +81,10 @@ class RunSummary:
             return "n/a" if v is None else f"{v:.2f} ms"
 
         ret = "n/a" if self.mean_return is None else f"{self.mean_return:.2f}"
+        shown = self.returns[-RETURNS_SHOWN:]
+        which = "returns" if len(shown) == self.episodes else f"last {len(shown)} returns"
         lines = [f"steps {self.steps}, episodes {self.episodes}, mean return {ret}"
-                 + (f" (returns {', '.join(f'{r:.2f}' for r in self.returns)})" if self.returns else "")
+                 + (f" ({which} {', '.join(f'{r:.2f}' for r in shown)})" if shown else "")
                  + (f", unfinished episode return {self.partial_return:.2f}" if self.partial_return is not None
                     else ""),
                  f"latency p50 {ms(self.latency_p50_ms)}, p99 {ms(self.latency_p99_ms)}"
@@ -74,6 +92,8 @@ class RunSummary:
                     if self.deadline_ms is not None else ""),
                  f"skipped NaN/Inf frames {self.nonfinite_frames}, dropped frames {self.dropped_frames}"
                  + (f", reconnects {self.reconnects}" if self.reconnects else "")]
+        if self.stopped_by:
+            lines.append(f"stopped by {self.stopped_by}")
         return "\n".join(lines)
 
 
@@ -100,7 +120,7 @@ def run_loop(runner: Runner, feed: Feed, limits: RunLimits,
     """
     manifest = runner.manifest
     summary = RunSummary(deadline_ms=limits.deadline_ms)
-    latencies: List[float] = []
+    latencies = Reservoir()
     action = idle_action(manifest)
     frames_seen = 0
     episode_return = 0.0
@@ -115,7 +135,9 @@ def run_loop(runner: Runner, feed: Feed, limits: RunLimits,
             outputs = runner.infer({k: v[None] for k, v in frame.inputs.items()})
             outputs = {k: v[0] for k, v in outputs.items()}
             action = choose_action(outputs, manifest)
-            latencies.append(runner.last_ms)
+            latencies.add(runner.last_ms)
+            if limits.deadline_ms is not None and runner.last_ms > limits.deadline_ms:
+                summary.deadline_misses += 1
             result = StepResult(summary.steps, summary.episodes, frame, outputs, action, runner.last_ms)
             summary.steps += 1
             if on_step is not None and on_step(result) is False:
@@ -123,8 +145,7 @@ def run_loop(runner: Runner, feed: Feed, limits: RunLimits,
         if on_frame is not None:
             on_frame()
         if frame.done:
-            summary.episodes += 1
-            summary.returns.append(episode_return)
+            summary.add_return(episode_return)
             episode_return = 0.0
             if limits.episodes is not None and summary.episodes >= limits.episodes:
                 break
@@ -138,11 +159,8 @@ def run_loop(runner: Runner, feed: Feed, limits: RunLimits,
                 episode_return += frame.reward
     if frame is not None and not frame.done:
         summary.partial_return = episode_return
-    if latencies:
-        summary.latency_p50_ms = float(np.percentile(latencies, 50))
-        summary.latency_p99_ms = float(np.percentile(latencies, 99))
-        if limits.deadline_ms is not None:
-            summary.deadline_misses = int(sum(t > limits.deadline_ms for t in latencies))
+    summary.latency_p50_ms = latencies.percentile(50)
+    summary.latency_p99_ms = latencies.percentile(99)
     return summary
 
 
@@ -173,11 +191,18 @@ def run_session(opts: RunOptions) -> RunSummary:
 
     from tqdm import tqdm
 
+    from edge_digr.fileio import check_writable
     from edge_digr.runtime.feeds import FeedRecorder, ReplayFeed, open_feed
     from edge_digr.runtime.overlay import Recorder, Window, compose
     from edge_digr.runtime.runners import open_runner
     from edge_digr.runtime.serve import LiveView, Playback
 
+    # Outputs are checked before the run, so that a long run never ends by failing to write its results.
+    inputs = [opts.engine] + ([opts.feed[len("replay:"):]] if opts.feed.startswith("replay:") else [])
+    recorder = Recorder(check_writable(opts.record, inputs=inputs, option="--record"), opts.fps) \
+        if opts.record else None
+    if opts.save_feed:
+        check_writable(opts.save_feed, inputs=inputs, option="--save-feed")
     runner_opts: Dict[str, Any] = {}
     if opts.providers:
         runner_opts["providers"] = opts.providers
@@ -188,13 +213,15 @@ def run_session(opts: RunOptions) -> RunSummary:
         episodes = 1  # a live feed never ends by itself
     limits = RunLimits(episodes=episodes, max_steps=opts.max_steps, deadline_ms=opts.deadline_ms)
     with contextlib.ExitStack() as stack:
+        sigterm = stack.enter_context(StopOnSigterm())
         runner = stack.enter_context(open_runner(opts.engine, **runner_opts))
         manifest = runner.manifest
         if (opts.record or opts.show or opts.serve) and "saliency" not in runner.output_names:
             raise UserError(f"{opts.engine} has no saliency output (a forward-only export?); --record, "
                             "--show and --serve need the fused graph from `edge-digr export`")
         labels = list(manifest.action["names"]) if manifest.continuous else ["saliency"]
-        recorder = stack.enter_context(Recorder(opts.record, opts.fps)) if opts.record else None
+        if recorder is not None:
+            stack.enter_context(recorder)
         window = Window() if opts.show else None
         if window is not None:
             stack.callback(window.close)
@@ -224,18 +251,49 @@ def run_session(opts: RunOptions) -> RunSummary:
                 image = compose(r.frame.inputs[runner.input_names[0]], r.outputs["saliency"], labels)
                 if recorder is not None:
                     recorder.add(image)
-                if window is not None:
-                    return window.show(image)
-            return None
+                if window is not None and not window.show(image):
+                    return False
+            return False if sigterm.requested else None
 
         def on_frame() -> None:
             bar.update(1)
             playback.wait()
 
         summary = run_loop(runner, feed, limits, on_step, on_frame)
+        if sigterm.requested:
+            summary.stopped_by = "SIGTERM"
         if saver is not None:
             saver.save()
     return summary
+
+
+class StopOnSigterm:
+    """While entered, SIGTERM only sets `requested` (the run stops after the current step and closes its files);
+    a second SIGTERM acts as usual. Signals can be caught in the main thread only: elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopOnSigterm":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        self.requested = True
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def step_line(r: StepResult, manifest: Manifest) -> str:

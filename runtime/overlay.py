@@ -73,7 +73,10 @@ def _label(strip: np.ndarray, labels: Sequence[str], panel_w: int) -> np.ndarray
 
 
 class Recorder:
-    """Streams composed frames to .mp4 (imageio-ffmpeg) or .gif; the file appears only when complete."""
+    """Streams composed frames to .mp4 (an ffmpeg process) or .gif (encoded frame by frame), so memory stays
+    flat however long the run. Frames go to a temporary file in the destination folder, which replaces `path`
+    only once the encoder has closed cleanly (ffmpeg exit status 0): a full disk or a crash leaves the
+    previous file as it was, and the error is one line."""
 
     def __init__(self, path: PathLike, fps: float = 10.0):
         self.path = Path(path)
@@ -82,32 +85,112 @@ class Recorder:
         self.fps = fps
         self.frames = 0
         self._atomic: Any = None
-        self._writer: Any = None
+        self._sink: Any = None
 
     def __enter__(self) -> "Recorder":
-        import imageio.v2 as imageio
-
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        if self.path.suffix.lower() == ".mp4":
-            # macro_block_size=1: frames are padded to even sides already; no silent resize.
-            self._writer = imageio.get_writer(tmp, format="FFMPEG", fps=self.fps, codec="libx264",
-                                              macro_block_size=1, ffmpeg_log_level="error")
-        else:
-            self._writer = imageio.get_writer(tmp, format="GIF", mode="I", duration=1000.0 / self.fps, loop=0)
+        sink = _Mp4Sink if self.path.suffix.lower() == ".mp4" else _GifSink
+        self._sink = sink(tmp, self.fps, self.path)
         return self
 
     def add(self, image: np.ndarray) -> None:
-        self._writer.append_data(image)
+        self._sink.write(image)
         self.frames += 1
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._writer.close()
-        if exc_type is None and self.frames == 0:
-            error = UserError(f"nothing recorded to {self.path}: the run produced no frames")
-            self._atomic.__exit__(UserError, error, None)  # discards the empty temporary file
-            raise error
+        try:
+            self._sink.close(complete=exc_type is None)
+            if exc_type is None and self.frames == 0:
+                raise UserError(f"nothing recorded to {self.path}: the run produced no frames")
+        except BaseException as error:  # the encoder did not finish the file: discard the temporary file
+            self._atomic.__exit__(type(error), error, error.__traceback__)  # may say it in one line instead
+            raise
         self._atomic.__exit__(exc_type, exc, tb)  # moves the file into place only on success
+
+
+class _GifSink:
+    """GIF frames appended one at a time (Pillow's frame encoder, an adaptive palette per frame)."""
+
+    def __init__(self, tmp: Path, fps: float, name: Path):
+        self._file = open(tmp, "wb")
+        self._duration_ms = 1000.0 / fps
+        self._started = False
+
+    def write(self, image: np.ndarray) -> None:
+        from PIL import GifImagePlugin, Image
+
+        frame = Image.fromarray(image).quantize(256)
+        if not self._started:
+            header, _ = GifImagePlugin.getheader(frame, info={"loop": 0, "duration": self._duration_ms})
+            self._file.write(b"".join(header))
+            self._started = True
+        for chunk in GifImagePlugin.getdata(frame, include_color_table=True, duration=self._duration_ms):
+            self._file.write(chunk)
+
+    def close(self, complete: bool) -> None:
+        try:
+            if complete and self._started:
+                self._file.write(b";")  # the GIF trailer
+        finally:
+            self._file.close()
+
+
+class _Mp4Sink:
+    """H.264 through imageio-ffmpeg's ffmpeg binary, fed raw RGB frames on its stdin; its exit status is checked
+    (imageio's writer ignores it, so a failed trailer write went unnoticed)."""
+
+    def __init__(self, tmp: Path, fps: float, name: Path):
+        self.tmp, self.fps, self.name = tmp, fps, name
+        self._proc: Any = None
+        self._log: Any = None
+
+    def _start(self, shape: Sequence[int]) -> None:
+        import subprocess
+        import tempfile
+
+        import imageio_ffmpeg
+
+        h, w = shape[:2]
+        self._log = tempfile.TemporaryFile()
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{self.fps:g}", "-i", "pipe:0",
+               "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", str(self.tmp)]
+        # Its own session: a terminal's Ctrl-C or a signal to our process group must not cut the file short
+        # before this process has closed it.
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)
+
+    def _failure(self) -> UserError:
+        self._log.seek(0)
+        lines = [line.strip() for line in self._log.read().decode(errors="replace").splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {self._proc.returncode}"
+        return UserError(f"recording {self.name} failed (ffmpeg: {why}); the previous file, if any, is unchanged")
+
+    def write(self, image: np.ndarray) -> None:
+        if self._proc is None:
+            self._start(image.shape)
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+        except OSError:  # ffmpeg exited (e.g. the disk is full): its log says why
+            self._proc.wait()
+            raise self._failure() from None
+
+    def close(self, complete: bool) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass  # ffmpeg already exited; its status says whether it finished the file
+        if not complete:
+            self._proc.kill()
+        code = self._proc.wait()
+        try:
+            if complete and code != 0:
+                raise self._failure()
+        finally:
+            self._log.close()
 
 
 class Window:

@@ -488,6 +488,17 @@ def pyplot() -> Any:
     return plt
 
 
+def check_plot_path(path: PathLike) -> None:
+    """Refuse, before the profile runs, a --plot name whose format matplotlib cannot write (it would fail after)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise UserError(f"--plot {path}: matplotlib cannot write .{suffix} files; use one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
+
+
 def plot_cdf(report: Mapping[str, Any], path: PathLike) -> None:
     """Latency CDF, one curve per variant (per-call latency, log scale: the variants span 1000×)."""
     plt = pyplot()

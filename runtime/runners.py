@@ -173,7 +173,7 @@ class OnnxRuntimeRunner(Runner):
         self.providers = self._session.get_providers()
         _check_graph_matches(self.path, self.manifest,
                              {i.name: i.shape for i in self._session.get_inputs()},
-                             [o.name for o in self._session.get_outputs()])
+                             {o.name: o.shape for o in self._session.get_outputs()})
 
     def _infer(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         values = self._session.run(self.output_names, arrays)
@@ -184,18 +184,20 @@ class OnnxRuntimeRunner(Runner):
 
 
 def _check_graph_matches(path: Path, manifest: Manifest, graph_inputs: Mapping[str, Sequence[Any]],
-                         graph_outputs: Sequence[str]) -> None:
-    """Refuse a manifest that does not describe the graph: the runtime would feed the wrong tensors."""
+                         graph_outputs: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse a manifest that does not describe the graph (names, and the sizes of inputs and outputs: e.g. an
+    action count that disagrees with the head's width): the runtime would feed or read the wrong tensors."""
     if set(graph_inputs) != set(manifest.input_names) or not set(manifest.output_names) <= set(graph_outputs):
         raise UserError(f"the manifest of {path} does not match its graph: manifest inputs "
                         f"{manifest.input_names} / outputs {manifest.output_names}, graph inputs "
                         f"{sorted(graph_inputs)} / outputs {list(graph_outputs)}; re-export the model")
-    for spec in manifest.inputs:
-        graph = [d if isinstance(d, int) and d > 0 else -1 for d in graph_inputs[spec["name"]]]
-        want = list(spec["shape"])
-        if len(graph) != len(want) or any(g != -1 and w != -1 and g != w for g, w in zip(graph, want)):
-            raise UserError(f"the manifest of {path} gives input {spec['name']!r} the shape {_shape_text(want)} "
-                            f"but the graph takes {_shape_text(graph)}; re-export the model")
+    for kind, specs, shapes in (("input", manifest.inputs, graph_inputs), ("output", manifest.outputs, graph_outputs)):
+        for spec in specs:
+            graph = [d if isinstance(d, int) and d > 0 else -1 for d in shapes[spec["name"]]]
+            want = list(spec["shape"])
+            if len(graph) != len(want) or any(g != -1 and w != -1 and g != w for g, w in zip(graph, want)):
+                raise UserError(f"the manifest of {path} gives {kind} {spec['name']!r} the shape "
+                                f"{_shape_text(want)} but the graph's is {_shape_text(graph)}; re-export the model")
 
 
 def _require_file(path: PathLike) -> None:

@@ -125,7 +125,7 @@ class TensorRTRunner(Runner):
         self._tensors = self._io_tensors_v10(trt) if self._v10 else self._io_tensors_v8(trt)
         _check_graph_matches(self.path, self.manifest,
                              {t.name: self._engine_shape(t) for t in self._tensors.values() if t.is_input},
-                             [t.name for t in self._tensors.values() if not t.is_input])
+                             {t.name: self._engine_shape(t) for t in self._tensors.values() if not t.is_input})
         self._context = self._engine.create_execution_context()
         self._stream = self._cuda.Stream()
 

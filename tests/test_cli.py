@@ -33,7 +33,7 @@ def test_group_help_lists_every_command():
     (["label", "--task", "minigrid-fetch", "--teacher", "missing.pt", "--out", "x.npz", "--frames", "2"],
      "missing.pt does not exist"),
     (["evaluate", "--policy", "missing.pt", "--task", "minigrid-fetch"], "missing.pt does not exist"),
-    (["distill", "--teacher", "missing.pt", "--labels", "l.npz", "--out", "s.pt"], "l.npz does not exist"),
+    (["distill", "--teacher", "missing.pt", "--labels", "l.npz", "--out", "s.pt"], "missing.pt does not exist"),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, "-c", "from edge_digr.cli import main; main()", *args],

@@ -137,7 +137,7 @@ def test_cli_writes_json_and_cdf_plot(tiny, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--engine", "missing.onnx"], "does not exist"),
     (["--engine", "model.txt"], "unknown model type"),
-    (["--engine", "{tiny}", "--iterations", "0"], "at least 1"),
+    (["--engine", "{tiny}", "--iterations", "0"], "not in the range x>=1"),
     (["--engine", "{tiny}", "--checkpoint", "{tiny}"], "is not the checkpoint"),
 ])
 def test_cli_errors_are_one_line(tiny, tmp_path, args, message):
