@@ -25,6 +25,7 @@ from edge_digr.errors import UserError
 from edge_digr.evaluation import EVAL_SEED
 from edge_digr.fileio import atomic_path, check_writable, write_json, write_text
 from edge_digr.params import positive_float
+from edge_digr.tasks import TASKS
 
 ATTACK_NAMES = ("fgsm", "pgd", "noise", "mad")  # edge_digr.attacks.ATTACKS, without importing torch
 CLEAN = "none"
@@ -89,14 +90,21 @@ def parse_compare(text: str) -> List[Entry]:
     return entries
 
 
-def load_attackable(path: str, task_name: str):
-    """A torch policy from an edge-digr .pt (checked against the task) or an SB3 .zip."""
-    from edge_digr.checkpoint import load_policy, policy_task
+def attackable_task(path: str, task_name: Optional[str]) -> str:
+    """The task of a torch policy file (.pt, or an SB3 .zip with `task_name`), checked against `task_name`."""
+    from edge_digr.checkpoint import policy_task
 
     if not path.endswith((".pt", ".zip")):
         raise UserError(f"{path}: white-box attacks need the torch policy (.pt or SB3 .zip), "
                         "not an exported graph or engine")
-    return load_policy(path, policy_task(path, task_name))
+    return policy_task(path, task_name)
+
+
+def load_attackable(path: str, task_name: str):
+    """A torch policy from an edge-digr .pt (checked against the task) or an SB3 .zip."""
+    from edge_digr.checkpoint import load_policy
+
+    return load_policy(path, attackable_task(path, task_name))
 
 
 @lru_cache(maxsize=None)
@@ -201,8 +209,9 @@ def plot(table: Dict[str, Dict[str, Dict[float, Dict[str, float]]]], task: str, 
 
 
 # ---------------------------------------------------------------------------------------------- command
-def merge_results(paths: Sequence[str], task: str) -> Tuple[Dict[str, Any], List[Record], List[Entry]]:
-    """Concatenate sweeps run separately (e.g. one per training seed, in parallel) with equal settings."""
+def merge_results(paths: Sequence[str], task: Optional[str]) -> Tuple[Dict[str, Any], List[Record], List[Entry]]:
+    """Concatenate sweeps run separately (e.g. one per training seed, in parallel) with equal settings;
+    `task` (None: the files' own) must be the task they were run on."""
     runs = []
     for path in paths:
         try:
@@ -217,7 +226,7 @@ def merge_results(paths: Sequence[str], task: str) -> Tuple[Dict[str, Any], List
         if differs:
             raise UserError(f"--merge {path} differs from {paths[0]} in {', '.join(differs)}: "
                             "only sweeps with the same settings can be combined")
-    if runs[0]["task"] != task:
+    if task is not None and runs[0]["task"] != task:
         raise UserError(f"--merge files are for task {runs[0]['task']!r}, not {task!r}")
     rows: Dict[str, List[str]] = {}
     for run in runs:
@@ -249,7 +258,9 @@ def write_sweep(result: Dict[str, Any], records: List[Record], entries: List[Ent
 @click.option("--policy", "policy_path", help="Policy to attack (.pt or SB3 .zip).")
 @click.option("--compare", help="Sweep over several policies: [label=]path-or-glob,... (a glob = seeds).")
 @click.option("--merge", "merge_text", help="Combine sweep JSONs (robustness.json) run separately: a,b,...")
-@click.option("--task", required=True, help="Task the policies were trained on.")
+@click.option("--task", type=click.Choice(sorted(TASKS)), default=None,
+              help="Task the policies were trained on (default: the one the policy or --merge file records; "
+                   "needed for an SB3 .zip).")
 @click.option("--attack", "attack_text", default="pgd", show_default=True,
               help="fgsm|pgd|noise|mad, or a comma list for a sweep.")
 @click.option("--eps", "eps_text", help="ε in raw pixel units (0-255); a comma list for a sweep.")
@@ -268,7 +279,7 @@ def write_sweep(result: Dict[str, Any], records: List[Record], entries: List[Ent
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Sweep output folder (table, JSON, plot) [default: attack-<task>].")
-def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optional[str], task: str,
+def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optional[str], task: Optional[str],
            attack_text: str, eps_text: Optional[str], episodes: int, seed: int, steps: int,
            step_size: Optional[float], random_start: bool, max_steps: Optional[int], workers: int,
            json_path: Optional[str], out_dir: Optional[str]) -> None:
@@ -276,9 +287,7 @@ def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optio
     from tqdm import tqdm
 
     from edge_digr.attacks import AttackConfig
-    from edge_digr.tasks import get_task
 
-    get_task(task)  # an unknown name fails here, before any file is read
     if json_path:
         check_writable(json_path, inputs=[policy_path], option="--json")
     if out_dir:
@@ -294,6 +303,7 @@ def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optio
     if eps_text is None:
         raise UserError("--eps is required (pixel units, 0-255; a comma list for a sweep)")
     entries = [Entry(default_label(policy_path), [policy_path])] if policy_path else parse_compare(compare)
+    task = attackable_task(entries[0].files[0], task)  # the others are checked against it below
     attacks, eps_list = parse_attacks(attack_text), parse_floats(eps_text, "--eps")
     sweep = compare is not None or len(attacks) * len(eps_list) > 1
     options = {"steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}

@@ -213,6 +213,14 @@ def test_cli_user_errors(checkpoints, extra, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_cli_reads_the_task_from_the_policy(checkpoints):
+    _, paths = checkpoints
+    result = invoke(["--policy", str(paths["seed0/teacher"]), "--attack", "fgsm", "--eps", "1", "--episodes", "1",
+                     "--max-steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert "minigrid-fetch fgsm ε=1: return" in result.output
+
+
 def test_cli_refuses_wrong_task_and_exported_graphs(checkpoints, tmp_path):
     _, paths = checkpoints
     result = invoke(["--policy", str(paths["seed0/teacher"]), "--task", "atari-breakout", "--eps", "1"])

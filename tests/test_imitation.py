@@ -117,7 +117,7 @@ def test_resume_refuses_other_options_and_corrupt_state(tmp_path):
         train_imitation(TASK, make_expert("car-racing"), run, resume=True)
 
 
-@pytest.mark.parametrize("task", ["car-racing"])
+@pytest.mark.parametrize("task", ["car-racing", "atari-breakout"])
 def test_train_teacher_expert_at_a_tiny_budget(task, tmp_path):
     out = tmp_path / "teacher.pt"
     result = subprocess.run([sys.executable, "-c", "from edge_digr.cli import main; main()", "train-teacher",
