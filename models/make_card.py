@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edge_digr.fileio import sha256_file, write_text  # noqa: E402
+from edge_digr.fileio import sha256_file, write_text
 
 METRICS = [("return", "return"), ("return_std", "± std"), ("episodes", "episodes"),
            ("saliency_pearson", "Pearson vs teacher perturbation"), ("saliency_iou_top10", "top-10 % IoU"),
