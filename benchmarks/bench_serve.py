@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 
 VARIANTS = ("off", "serve0", "serve2")
 _CLIENT = """
@@ -37,22 +36,6 @@ with urllib.request.urlopen(sys.argv[1], timeout=30) as r:
     while r.read(65536):
         pass
 """
-
-
-def cpu_probe() -> Dict[str, Any]:
-    """CPU model and a quick single-core speed probe, to compare machines."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
-    start = time.perf_counter()
-    sum(i * i for i in range(2_000_000))
-    py_ms = (time.perf_counter() - start) * 1e3
-    x = np.linspace(0.0, 1.0, 1_000_000)
-    start = time.perf_counter()
-    for _ in range(50):
-        np.sin(x)  # element-wise: one core, unlike a BLAS call
-    np_ms = (time.perf_counter() - start) * 1e3
-    return {"cpu_model": model, "probe_python_sum_of_squares_2e6_ms": round(py_ms, 1),
-            "probe_numpy_sin_1e6_x50_ms": round(np_ms, 1)}
 
 
 def one_run(runner: Any, variant: str, task: str, steps: int, rate: float, serve_fps: float,
@@ -112,6 +95,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
+    from edge_digr.machine import machine_info
     from edge_digr.runtime.profiler import machine
     from edge_digr.runtime.runners import open_runner
 
@@ -144,7 +128,7 @@ def main(argv: List[str]) -> int:
         summary[v]["frames_missed_by_clients_per_run"] = statistics.median(x["missed"] for x in views)
     worst = max(max(summary[v]["loop_time_increase"], summary[v]["view_cpu_share_of_step_period"])
                 for v in ("serve0", "serve2"))
-    report = {"command": "python benchmarks/bench_serve.py " + " ".join(argv), "machine": {**machine(), **cpu_probe()},
+    report = {"command": "python benchmarks/bench_serve.py " + " ".join(argv), "machine": {**machine(), **machine_info()},
               "engine": str(args.engine) if args.engine else "random-weight minigrid-fetch edge student",
               "rate_hz": args.rate, "serve_fps": args.serve_fps, "steps": args.steps, "rounds": args.rounds,
               "summary": summary, "worst_cost": worst, "target": "< 0.10", "meets_target": worst < 0.10, "runs": runs}

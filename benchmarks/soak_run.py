@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,23 +39,6 @@ def rss_bytes(pid: int) -> Optional[int]:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def speed_probe_s() -> float:
-    """Seconds for a fixed single-core pure-Python workload (best of 3): compares this machine with others."""
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        sum(i * i % 7 for i in range(3_000_000))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def export_student(folder: Path, task: str) -> Path:
@@ -175,6 +157,8 @@ def soak_stub(steps: int, task: str) -> Dict:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from edge_digr.machine import machine_info
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--task", default="minigrid-fetch")
@@ -189,8 +173,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         report: Dict[str, Any] = soak_stub(opts.steps, opts.task)
     else:
         report = soak_child(opts)
-    report.update(task=opts.task, argv=sys.argv[1:], cpu=cpu_model(), cpu_count=os.cpu_count(),
-                  speed_probe_s=round(speed_probe_s(), 3), python=platform.python_version(),
+    report.update(task=opts.task, argv=sys.argv[1:], machine=machine_info(),
                   load_average_1_5_15min=list(os.getloadavg()))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2))
     if opts.json:
