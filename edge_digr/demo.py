@@ -6,9 +6,11 @@ kept in the folder and reused on a re-run, so an interrupted demo resumes where 
 from __future__ import annotations
 
 import json
-import platform
+import multiprocessing
+import os
 import time
-from dataclasses import asdict
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from edge_digr.errors import UserError
 from edge_digr.fileio import write_json, write_text
+from edge_digr.machine import machine_info, machine_line
 from edge_digr.tasks import Task
 
 STRIP_FRAMES = 4
@@ -25,11 +28,24 @@ COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title ->
 MODELS = Path(__file__).resolve().parents[1] / "models"  # the trained models that ship with the repository
 
 
+# The demo's cores: PPO's update and the batched perturbation passes use them as torch threads; the students
+# and the evaluations, small sequential networks that spin rather than gain with more threads, use them as
+# processes of one thread each, side by side. Two is this project's machine; more would only spin here.
+CORES = max(1, min(2, os.cpu_count() or 1))
+
+
 def tiny(task: Task) -> Task:
     """Seconds-long budgets for smoke tests: every stage runs, nothing is learnt."""
     return task.with_train(teacher_steps=2 * 64, n_envs=2, n_steps=64, batch_size=64, n_epochs=1,
                            label_frames=10, distill_epochs=2, dagger_rounds=1, dagger_frames=6, eval_episodes=2,
                            max_episode_steps=50, imitation_rounds=2, imitation_updates=2)
+
+
+def budget_task(name: str, budget: str) -> Task:
+    from edge_digr.tasks import get_task
+
+    task = get_task(name)
+    return tiny(task) if budget == "tiny" else task
 
 
 def shipped_teacher(task: Task) -> Path:
@@ -45,13 +61,55 @@ def make_teacher(task: Task, out: Path, seed: int, progress: bool) -> None:
         from edge_digr.experts import make_expert
         from edge_digr.imitation import ImitationConfig, ImitationRun, train_imitation
 
-        run = ImitationRun(out, ImitationConfig.for_task(task, seed=seed), progress=progress)
+        run = ImitationRun(out, ImitationConfig.for_task(task, seed=seed), threads=CORES, progress=progress)
         train_imitation(task, make_expert(task.name), run, resume=run.state_path.exists())
     else:
         from edge_digr.teacher import TeacherRun, train_teacher
 
-        train_teacher(task, TeacherRun(out, task.train.teacher_steps, seed, progress=progress),
+        train_teacher(task, TeacherRun(out, task.train.teacher_steps, seed, progress=progress, threads=CORES),
                       resume=out.with_suffix(".progress.json").exists())
+
+
+@dataclass(frozen=True)
+class Job:
+    """One student to distil or one policy to evaluate, in a process of its own (plain values: it is pickled)."""
+    task: str
+    budget: str
+    seed: int
+    labels: str
+    teacher: str
+    policy: str  # the student to write, or the policy to evaluate
+    mode: str = ""  # the student's mode; empty for an evaluation
+    progress: bool = False
+    bar_line: Optional[int] = None
+
+
+def make_student(job: Job) -> str:
+    import torch
+
+    from edge_digr.checkpoint import load_checkpoint
+    from edge_digr.distill import DistillConfig, distill
+    from edge_digr.labels import load_labels, split
+
+    torch.set_num_threads(1)
+    task = budget_task(job.task, job.budget)
+    train, _ = split(load_labels(job.labels, task))
+    teacher, _ = load_checkpoint(job.teacher)
+    distill(task, train, DistillConfig.for_task(task, job.mode, job.seed), job.policy,
+            resume=Path(job.policy + ".resume.pt").exists(), progress=job.progress, teacher=teacher,
+            bar_line=job.bar_line)
+    return job.policy
+
+
+def evaluate(job: Job) -> Dict[str, Any]:
+    import torch
+
+    from edge_digr.metrics import evaluate_policy, open_policy
+
+    torch.set_num_threads(1)
+    task = budget_task(job.task, job.budget)
+    return evaluate_policy(open_policy(job.policy, task), task, task.train.eval_episodes, job.labels, job.seed,
+                           progress=False, timing=False)
 
 
 def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True,
@@ -59,10 +117,11 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     """The pipeline into `out`. The teacher is `teacher` if given; else trained, for the tasks whose teacher
     takes minutes (minigrid-fetch) or with `train_teacher` or a tiny budget; else the shipped one, for the
     tasks whose teacher takes hours (the expert-imitation tasks)."""
+    import torch
+
     from edge_digr.checkpoint import load_checkpoint
-    from edge_digr.distill import DistillConfig, distill
     from edge_digr.labels import label, load_labels, split
-    from edge_digr.metrics import evaluate_policy, open_policy, saliency_timing
+    from edge_digr.metrics import open_policy, saliency_timing
 
     if teacher is not None and train_teacher:
         raise UserError("pass either --teacher PATH or --train-teacher, not both")
@@ -74,6 +133,7 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     out.mkdir(parents=True, exist_ok=True)
     t = task.train
     stages: Dict[str, float] = {}
+    machine = machine_info()  # probed before the work starts, so the demo's own load does not slow it
 
     start = time.perf_counter()
     trains = teacher is None and (train_teacher or budget == "tiny" or t.teacher_method == "ppo")
@@ -90,35 +150,36 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     start = time.perf_counter()
     labels_path = out / "labels.npz"
     if not labels_path.exists():
+        torch.set_num_threads(CORES)  # the perturbation passes are batched: threads pay off here
         label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress)
-    data = load_labels(labels_path, task)
-    train, test = split(data)
+    train, test = split(load_labels(labels_path, task))
     stages["label_s"] = time.perf_counter() - start
 
+    # Students side by side, one process each; the evaluations follow in the same processes as they free up.
     start = time.perf_counter()
-    students: Dict[str, Path] = {}
-    for mode in modes:
-        path = out / f"student_{mode}.pt"
-        if not path.exists():
-            distill(task, train, DistillConfig.for_task(task, mode, seed), path,
-                    resume=Path(str(path) + ".resume.pt").exists(), progress=progress, teacher=teacher_policy)
-        students[mode] = path
-    stages["distill_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    metrics: Dict[str, Any] = {"task": task.name, "seed": seed, "budget": budget}
-    handles = {"teacher": open_policy(str(teacher_pt), task),
-               **{mode: open_policy(str(path), task) for mode, path in students.items()}}
-    for name, handle in handles.items():
-        metrics[name] = evaluate_policy(handle, task, t.eval_episodes, labels_path, seed, progress, timing=False)
-    metrics["time_ms"] = saliency_timing(handles["digr"], task, test)
-    stages["evaluate_s"] = time.perf_counter() - start
+    common = dict(task=task.name, budget=budget, seed=seed, labels=str(labels_path), teacher=str(teacher_pt))
+    students = {mode: out / f"student_{mode}.pt" for mode in modes}
+    to_make = [Job(**common, policy=str(path), mode=mode, progress=progress, bar_line=i)
+               for i, (mode, path) in enumerate(students.items()) if not path.exists()]
+    with ProcessPoolExecutor(min(CORES, len(modes)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        made: List[Future] = [pool.submit(make_student, job) for job in to_make]
+        evaluations = {"teacher": pool.submit(evaluate, Job(**common, policy=str(teacher_pt)))}
+        for future in made:
+            future.result()  # a failed student raises here, with its own error
+        stages["distill_s"] = time.perf_counter() - start
+        evaluations.update({mode: pool.submit(evaluate, Job(**common, policy=str(path)))
+                            for mode, path in students.items()})
+        metrics: Dict[str, Any] = {"task": task.name, "seed": seed, "budget": budget,
+                                   **{name: future.result() for name, future in evaluations.items()}}
+    metrics["time_ms"] = saliency_timing(open_policy(str(students["digr"]), task), task, test)
+    stages["evaluate_s"] = time.perf_counter() - start - stages["distill_s"]
     metrics["stages"] = stages
     metrics["config"] = {"train": {k: v for k, v in asdict(t).items() if not callable(v)},
-                         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                         "machine": machine,
                          "frames": {"train": int(len(train["obs"])), "held_out": int(len(test["obs"]))}}
     write_json(out / "metrics.json", metrics)
 
+    handles = {name: open_policy(str(path), task) for name, path in {"teacher": teacher_pt, **students}.items()}
     strips = write_strips(handles, task, test, out)
     report = out / "report.md"
     write_text(report, render_report(metrics, strips, modes))
@@ -175,7 +236,9 @@ def render_report(metrics: Dict[str, Any], strips: List[str], modes: List[str]) 
     lines += ["", f"Time per saliency map on {tm['frames']} held-out frames (DIGR student, same run): "
                   f"gradient {tm['gradient']:.3f} ms, perturbation {tm['perturbation']:.1f} ms "
                   f"({tm['speedup']:.0f}× faster).", "",
-              "Stage wall times (s): " + json.dumps({k: round(v, 1) for k, v in metrics["stages"].items()}), "",
+              "Stage wall times (s): " + json.dumps({k: round(v, 1) for k, v in metrics["stages"].items()}) +
+              f", on {machine_line(metrics['config']['machine'])} (compare machines with "
+              "`python -m edge_digr.machine`).", "",
               "## Sample frames", "", "frame | teacher perturbation | plain gradient | DIGR gradient", ""]
     lines += [f"![{s}]({s})" for s in strips]
     return "\n".join(lines) + "\n"

@@ -133,8 +133,11 @@ def dagger_epochs(epochs: int, rounds: int) -> List[int]:
 
 
 def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: PathLike,
-            resume: bool = False, progress: bool = True, teacher: Optional[PixelPolicy] = None) -> PixelPolicy:
+            resume: bool = False, progress: bool = True, teacher: Optional[PixelPolicy] = None,
+            bar_line: Optional[int] = None) -> PixelPolicy:
     """Train a student on labelled frames; checkpoints every epoch to `<out>.resume.pt` for --resume.
+
+    `bar_line` puts the progress bar on that terminal line, for students trained side by side.
 
     With `cfg.dagger_rounds`, the student is rolled out during training and the frames it visits are
     labelled by `teacher` (outputs and perturbation maps) and added to the training set (DAgger), so the
@@ -176,7 +179,7 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
     lam = 0.0 if cfg.mode == "plain" else cfg.lam
     collect_after = dagger_epochs(cfg.epochs, cfg.dagger_rounds)
     bar = tqdm(total=cfg.epochs, initial=start, unit="epoch", desc=f"distill {cfg.mode}", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, position=bar_line)
     for epoch in range(start, cfg.epochs):
         full = {k: np.concatenate([data[k], added[k]]) for k in keys}
         tensors = {k: torch.from_numpy(v) for k, v in full.items()}
