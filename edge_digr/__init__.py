@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_policy"]
+__all__ = ["__version__", "load_policy", "deletion"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from edge_digr.checkpoint import load_policy
 
         return load_policy
+    if name == "deletion":  # teacher-independent faithfulness of a policy's own maps (torch-free)
+        from edge_digr.evaluation import deletion
+
+        return deletion
     raise AttributeError(f"module 'edge_digr' has no attribute {name!r}")

@@ -178,13 +178,14 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
 @click.option("--episodes", type=click.IntRange(min=1), default=None,
               help="Evaluation episodes (default: the task's).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None,
-              help="labels.npz: held-out frames for saliency agreement and timing.")
+              help="labels.npz: held-out frames for saliency agreement, deletion faithfulness and timing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
 @seed_option
 @quiet_option
 def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_path: Optional[str],
              json_path: Optional[str], seed: int, quiet: bool) -> None:
-    """Return and success on fixed seeds; saliency agreement, pointing and timing on held-out frames."""
+    """Return and success on fixed seeds; saliency agreement, pointing, deletion faithfulness and timing on
+    held-out frames."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.fileio import write_json
     from edge_digr.metrics import evaluate_policy, open_policy

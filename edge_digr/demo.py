@@ -224,11 +224,17 @@ def _fmt(value: Any) -> str:
 
 def render_report(metrics: Dict[str, Any], strips: List[str], modes: List[str]) -> str:
     rows = ["teacher"] + modes
-    cols = ["return", "success", "saliency_pearson", "saliency_iou_top10"] + \
+    cols = ["return", "success", "saliency_pearson", "saliency_iou_top10", "deletion_gain"] + \
            (["pointing"] if "pointing" in metrics["teacher"] else [])
     lines = [f"# edge-digr demo: {metrics['task']} (seed {metrics['seed']}, budget {metrics['budget']})", "",
              "Saliency columns compare each policy's *gradient* map with the teacher's *perturbation* map on "
-             "held-out frames (the teacher row is the teacher's own gradient map).", "",
+             "held-out frames (the teacher row is the teacher's own gradient map). deletion_gain is "
+             "teacher-independent: how much more the policy's own saliency target falls when the 1-20 % of "
+             "pixels its own map ranks highest are blurred away than when random pixels are (> 0: the map "
+             "finds what the decision depends on)." +
+             (f" Pointing's ceiling, the teacher perturbation map's own pointing: "
+              f"{metrics['teacher']['pointing_teacher_perturbation']:.3f}."
+              if "pointing_teacher_perturbation" in metrics["teacher"] else ""), "",
              "| policy | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for r in rows:
         lines.append(f"| {r} | " + " | ".join(_fmt(metrics[r].get(c, "")) for c in cols) + " |")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from edge_digr.errors import UserError
-from edge_digr.evaluation import HeadFn, rollout, saliency_agreement, time_per_map_ms
+from edge_digr.evaluation import HeadFn, deletion, rollout, saliency_agreement, time_per_map_ms
 from edge_digr.perturbation import PerturbationConfig, perturbation_saliency
 from edge_digr.tasks import Task
 
@@ -60,10 +60,15 @@ def held_out_frames(labels_path: str, task: Task) -> Dict[str, np.ndarray]:
 
 def saliency_metrics(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray],
                      batch: int = 64) -> Dict[str, float]:
+    """Agreement with the teacher's perturbation maps, pointing (Fetch) and deletion faithfulness."""
     names = [spec.name for spec in task.inputs]
-    maps = np.concatenate([handle.saliency({n: test[n][i:i + batch] for n in names})
-                           for i in range(0, len(test["obs"]), batch)])
-    return saliency_agreement(maps, test["saliency"], test.get("target_mask"))
+    chunks = [{n: test[n][i:i + batch] for n in names} for i in range(0, len(test["obs"]), batch)]
+    maps = [handle.saliency(chunk) for chunk in chunks]
+    out = saliency_agreement(np.concatenate(maps), test["saliency"], test.get("target_mask"))
+    faith = [deletion(handle.head, m, chunk, task.action.continuous) for m, chunk in zip(maps, chunks)]
+    weights = [len(chunk["obs"]) for chunk in chunks]  # chunk means → the mean over all frames
+    out.update({k: float(np.average([f[k] for f in faith], weights=weights)) for k in faith[0]})
+    return out
 
 
 def saliency_timing(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray],
