@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import write_json, write_text
-from edge_digr.tasks import Task
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import write_json, write_text
+from edge_digr.core.tasks import Task
 
 STRIP_FRAMES = 4
 COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
@@ -130,7 +130,7 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
     """One PNG per sample frame: frame | teacher perturbation | each column's gradient map."""
     from PIL import Image, ImageDraw
 
-    from edge_digr.evaluation import collapse_components
+    from edge_digr.core.metrics import collapse_components
     from edge_digr.runtime.overlay import display_frame, heat_overlay
 
     count = min(STRIP_FRAMES, len(test["obs"]))

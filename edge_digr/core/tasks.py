@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from edge_digr.errors import UserError, missing_dependency
+from edge_digr.core.errors import UserError, missing_dependency
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ CARLA_CAMERA = (96, 160)  # (height, width) of the front RGB camera the policy s
 
 def _make_carla(seed: Optional[int] = None, render_mode: Optional[str] = None, host: str = "localhost",
                 port: int = 2000, **kwargs: Any):
-    from edge_digr.carla_env import CarlaLaneEnv
+    from edge_digr.core.carla_env import CarlaLaneEnv
 
     return CarlaLaneEnv(host=host, port=port, image_size=CARLA_CAMERA, seed=seed, **kwargs)
 

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edge_digr.calibration.fidelity import Fidelity, collect_outputs, compare_outputs
-from edge_digr.calibration.frames import Frames
-from edge_digr.errors import UserError
+from edge_digr.core.frames import Frames
+from edge_digr.core.errors import UserError
 
 
 @dataclass(frozen=True)
