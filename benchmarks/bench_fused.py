@@ -52,8 +52,8 @@ def run_config(models: Dict[str, Path], policy: Any, threads: int, batch: int, i
 
     from edge_digr.core.manifest import read_onnx_manifest
     from edge_digr.core.perturbation import PerturbationConfig
-    from edge_digr.runtime.profiler import (Variant, measure, perturbation_variant, random_feed, ratios,
-                                            torch_variant)
+    from edge_digr.runtime.profiler import Variant, measure, perturbation_variant, random_feed, ratios
+    from profile_torch import torch_variant  # benchmarks/: the runtime never imports torch
     from edge_digr.saliency import Perturbation
 
     torch.set_num_threads(threads)

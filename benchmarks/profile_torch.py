@@ -39,6 +39,18 @@ def source_checkpoint(manifest: Manifest, engine: Path, checkpoint: Optional[Pat
     return Path(checkpoint)
 
 
+def torch_variant(policy: Any, feed: Mapping[str, np.ndarray], iterations: int, warmup: int) -> Variant:
+    """PyTorch eager forward + torch.autograd.grad, reduced to the deployed saliency, on `policy`."""
+    import torch
+
+    from edge_digr.saliency import gradient_saliency
+
+    inputs = policy.inputs_from(dict(feed))
+    return Variant("torch_eager", "PyTorch eager forward + torch.autograd.grad (edge_digr.saliency.gradient_saliency)",
+                   lambda: gradient_saliency(policy, inputs), len(next(iter(feed.values()))), iterations, warmup,
+                   {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__})
+
+
 def torch_baseline(engine: PathLike, checkpoint: Optional[PathLike] = None, threads: Optional[int] = None,
                    iterations: int = 200, warmup: int = 20):
     """The `baselines` entry for `profile`: builds the ``torch_eager`` Variant on the profile's own feed."""
@@ -50,16 +62,10 @@ def torch_baseline(engine: PathLike, checkpoint: Optional[PathLike] = None, thre
         import torch
 
         from edge_digr.checkpoint import load_policy
-        from edge_digr.saliency import gradient_saliency
 
         if threads:
             torch.set_num_threads(threads)
-        policy = load_policy(path)
-        inputs = policy.inputs_from(dict(feed))
-        return Variant("torch_eager",
-                       "PyTorch eager forward + torch.autograd.grad (edge_digr.saliency.gradient_saliency)",
-                       lambda: gradient_saliency(policy, inputs), len(next(iter(feed.values()))), iterations,
-                       warmup, {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__})
+        return torch_variant(load_policy(path), feed, iterations, warmup)
 
     return make
 
