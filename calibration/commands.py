@@ -12,9 +12,9 @@ from typing import Optional
 import click
 
 from edge_digr.calibration.calibrate import KEEP_BACKWARD, CalibrateOptions, calibrate_onnx
-from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import check_writable
 from edge_digr.core.params import FiniteFloat, option
+
 
 @click.command("calibrate")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
@@ -74,28 +74,14 @@ def selftest_command(engine_path: Path, onnx_path: Optional[Path], data: Optiona
                      seed: int, json_path: Optional[Path]) -> None:
     """Run the engine and ONNX Runtime (CPU) on the same frames; check logits and saliency parity."""
     from edge_digr.calibration.fidelity import fidelity_table
-    from edge_digr.core.frames import Frames, load_frames
+    from edge_digr.calibration.selftest import selftest_files
     from edge_digr.core.fileio import write_json
-    from edge_digr.runtime.profiler import random_feed
-    from edge_digr.runtime.runners import OnnxRuntimeRunner, open_runner
-    from edge_digr.calibration.selftest import engine_batch, selftest
 
     if json_path is not None:
         check_writable(json_path, inputs=[engine_path, onnx_path, data], option="--json")
-    engine = open_runner(engine_path)
-    if onnx_path is None:
-        if not engine.manifest.source.endswith(".onnx"):
-            raise UserError(f"{engine_path}'s manifest does not name the ONNX it was built from; "
-                            "pass --onnx MODEL.onnx")
-        onnx_path = engine_path.parent / engine.manifest.source
-    reference = OnnxRuntimeRunner(onnx_path, providers=["CPUExecutionProvider"])
-    if data is not None:
-        frames = load_frames(data, reference.manifest.inputs).take(slice(0, n_frames))
-    else:
-        frames = Frames(random_feed(reference.manifest, n_frames, seed))
-    with engine, reference:
-        result = selftest(engine, reference, frames, batch_size=engine_batch(engine.manifest))
-    click.echo(f"{engine_path} ({result.precision}) vs {onnx_path} on ONNX Runtime CPU, {len(frames)} frames")
+    run = selftest_files(engine_path, onnx_path, data, n_frames, seed)
+    result, onnx_path, frames = run.result, run.onnx, run.frames
+    click.echo(f"{engine_path} ({result.precision}) vs {onnx_path} on ONNX Runtime CPU, {frames} frames")
     click.echo(fidelity_table({engine_path.name: result.fidelity}))
     for line in result.lines():
         click.echo(line)
