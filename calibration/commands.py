@@ -13,7 +13,8 @@ import click
 
 from edge_digr.calibration.calibrate import KEEP_BACKWARD, CalibrateOptions, calibrate_onnx
 from edge_digr.core.fileio import check_writable
-from edge_digr.core.params import FiniteFloat, option
+from edge_digr.core.options import option
+from edge_digr.core.params import FiniteFloat
 
 
 @click.command("calibrate")

@@ -9,7 +9,8 @@ from typing import Optional
 import click
 
 from edge_digr.core.fileio import check_writable, write_json
-from edge_digr.core.params import option, positive_float
+from edge_digr.core.options import option
+from edge_digr.core.params import positive_float
 from edge_digr.core.tasks import TASKS
 from edge_digr.evaluation import EVAL_SEED
 from edge_digr.robustness import ATTACK_NAMES, AttackRun, run_attacks

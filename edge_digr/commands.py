@@ -8,7 +8,8 @@ from typing import Optional
 import click
 
 from edge_digr.core.fileio import check_writable
-from edge_digr.core.params import FiniteFloat, option, positive_float
+from edge_digr.core.options import option
+from edge_digr.core.params import FiniteFloat, positive_float
 from edge_digr.core.tasks import TASKS
 
 DEFAULT_TASK = "minigrid-fetch"

@@ -1,4 +1,5 @@
-"""Rollouts on fixed seeds and the metrics of `edge-digr evaluate`.
+"""Rollouts on fixed seeds for `edge-digr evaluate` (the saliency-map statistics are the core's:
+`edge_digr.core.metrics`).
 
 Torch-free at import: a policy is anything that maps a dict of batched input arrays to its head output
 (logits, or the action mean). `torch_head` wraps a torch policy; the runtime's runners fit as they are.

@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from edge_digr.core.fileio import check_writable
-from edge_digr.core.params import option
+from edge_digr.core.options import option
 from edge_digr.core.tasks import TASKS
 
 MIN_OPSET = 9  # the exporter's graphs need opset 9 (at 7, torch.onnx has no arange)

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import click
 
-from edge_digr.core.params import option
+from edge_digr.core.options import option
 
 
 @click.command()

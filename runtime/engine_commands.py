@@ -10,7 +10,7 @@ import click
 
 from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import check_writable
-from edge_digr.core.params import option
+from edge_digr.core.options import option
 
 
 @click.command("build")

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_digr.cli import COMMANDS, main
-from edge_digr.core import params
+from edge_digr.core import options
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
 TRANSFORMING = {"export", "check", "calibrate", "build", "bundle pack", "bundle unpack"}
@@ -102,12 +102,12 @@ def test_the_runtime_reads_engines_and_transformed_files_are_positional():
 
 
 def test_an_old_name_still_works_and_warns_once(monkeypatch, tmp_path):
-    monkeypatch.setattr(params, "_WARNED", set())
+    monkeypatch.setattr(options, "_WARNED", set())
     seen: List[str] = []
 
     @click.command()
-    @params.option("--json", "json_path", old=["--report"], type=click.Path(dir_okay=False), help="Report.")
-    @params.option("--out-dir", old=["--to"], required=True, type=click.Path(file_okay=False), help="Folder.")
+    @options.option("--json", "json_path", old=["--report"], type=click.Path(dir_okay=False), help="Report.")
+    @options.option("--out-dir", old=["--to"], required=True, type=click.Path(file_okay=False), help="Folder.")
     def cmd(json_path: str, out_dir: str) -> None:
         seen.append(f"{json_path} {out_dir}")
 
