@@ -25,9 +25,10 @@ setup(
     version="0.1.0",
     description="DIGR-distilled RL policies exported as fused logits+saliency graphs for ONNX Runtime and TensorRT",
     python_requires=">=3.8",
-    packages=["edge_digr", "edge_digr.export", "edge_digr.runtime", "edge_digr.calibration"],
+    packages=["edge_digr", "edge_digr.core", "edge_digr.experts", "edge_digr.export", "edge_digr.runtime",
+              "edge_digr.calibration"],
     package_dir={
-        "edge_digr": "edge_digr",
+        "edge_digr": "edge_digr",  # also holds edge_digr.core (torch-free) and edge_digr.experts
         "edge_digr.export": "export",
         "edge_digr.runtime": "runtime",
         "edge_digr.calibration": "calibration",

@@ -50,10 +50,10 @@ def run_config(models: Dict[str, Path], policy: Any, threads: int, batch: int, i
                torch_iterations: int, perturbation_frames: int, rounds: int) -> Dict[str, Any]:
     import torch
 
-    from edge_digr.manifest import read_onnx_manifest
-    from edge_digr.perturbation import PerturbationConfig
-    from edge_digr.runtime.profiler import (Variant, measure, perturbation_variant, random_feed, ratios,
-                                            torch_variant)
+    from edge_digr.core.manifest import read_onnx_manifest
+    from edge_digr.core.perturbation import PerturbationConfig
+    from edge_digr.runtime.profiler import Variant, measure, perturbation_variant, random_feed, ratios
+    from profile_torch import torch_variant  # benchmarks/: the runtime never imports torch
     from edge_digr.saliency import Perturbation
 
     torch.set_num_threads(threads)
@@ -127,7 +127,7 @@ def main(argv: List[str]) -> int:
     from edge_digr.export import export_checkpoint
     from edge_digr.policies import PixelPolicy, PolicyConfig
     from edge_digr.runtime.profiler import derive_forward_graph, machine
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     torch.manual_seed(args.seed)
     task = get_task("atari-breakout")
@@ -152,7 +152,7 @@ def main(argv: List[str]) -> int:
               "targets": {k: f"{op} {b}" for k, (op, b) in TARGETS.items()}, "configs": configs}
     print(table(configs))
     if args.json:
-        from edge_digr.fileio import write_json
+        from edge_digr.core.fileio import write_json
 
         write_json(args.json, report)
     return 0

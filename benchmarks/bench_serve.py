@@ -139,7 +139,7 @@ def main(argv: List[str]) -> int:
         print(f"{v:7s} loop {s['loop_ms_per_step']:.3f} ms/step, CPU {s['cpu_ms_per_step']:.3f} ms/step{extra}")
     print(f"worst cost {100 * worst:.1f} % (target < 10 %): {'met' if worst < 0.10 else 'NOT met'}")
     if args.json:
-        from edge_digr.fileio import write_json
+        from edge_digr.core.fileio import write_json
 
         write_json(args.json, report)
     return 0
@@ -151,7 +151,7 @@ def export_random_student(folder: Path, seed: int) -> Path:
     from edge_digr.checkpoint import save_checkpoint
     from edge_digr.export import export_checkpoint
     from edge_digr.policies import PixelPolicy, PolicyConfig
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     torch.manual_seed(seed)
     save_checkpoint(folder / "s.pt", PixelPolicy(PolicyConfig.for_task(get_task("minigrid-fetch"), "edge")),

@@ -20,7 +20,7 @@ from edge_digr.checkpoint import load_checkpoint
 from edge_digr.distill import selection_mask
 from edge_digr.labels import load_labels, split
 from edge_digr.saliency import input_gradient
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 POLICIES = ("teacher", "student_plain", "student_digr", "student_igr")
 

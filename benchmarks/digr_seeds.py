@@ -73,7 +73,7 @@ def main() -> None:
     agg = aggregate(runs)
     print(render(agg))
     if args.json:
-        from edge_digr.fileio import write_json
+        from edge_digr.core.fileio import write_json
         write_json(args.json, agg)
 
 

@@ -21,7 +21,7 @@ from edge_digr.demo import COLUMNS, write_strips
 from edge_digr.distill import DistillConfig, distill
 from edge_digr.labels import load_labels, split
 from edge_digr.metrics import evaluate_policy, open_policy
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python benchmarks/expert_return.py --task car-racing --seeds 0-19
     python benchmarks/expert_return.py --task atari-breakout --seeds 0-9
 
-Each episode is `env.reset(seed=s)` on the env `edge_digr.tasks` builds (Breakout: sticky actions
+Each episode is `env.reset(seed=s)` on the env `edge_digr.core.tasks` builds (Breakout: sticky actions
 p = 0.25, frame skip 4, up to 30 reset no-ops; CarRacing-v3: its own 1000-step limit), bounded by the
 task's episode length. Prints one line per episode and the mean ± std (population std) over the seeds.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_digr.experts import EXPERTS, make_expert
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 
 def parse_seeds(text: str) -> List[int]:

@@ -47,7 +47,7 @@ def export_student(folder: Path, task: str) -> Path:
     from edge_digr.checkpoint import save_checkpoint
     from edge_digr.export import export_checkpoint
     from edge_digr.policies import PixelPolicy, PolicyConfig
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     torch.manual_seed(0)
     ckpt = folder / f"{task}.pt"
@@ -107,7 +107,7 @@ def soak_stub(steps: int, task: str) -> Dict:
     """`run_loop` over a stub feed and runner, RSS sampled in this process every 1000 steps."""
     import numpy as np
 
-    from edge_digr.manifest import for_task
+    from edge_digr.core.manifest import for_task
     from edge_digr.runtime.feeds import Feed, Frame
     from edge_digr.runtime.loop import RunLimits, run_loop
 

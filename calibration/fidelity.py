@@ -12,9 +12,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from edge_digr.calibration.frames import Frames
-from edge_digr.errors import UserError
-from edge_digr.evaluation import pearson, top_iou
+from edge_digr.core.frames import Frames
+from edge_digr.core.errors import UserError
+from edge_digr.core.metrics import pearson, top_iou
 
 TOP_FRACTION = 0.10
 

@@ -29,10 +29,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from edge_digr.calibration.frames import Frames
-from edge_digr.errors import UserError, missing_dependency
-from edge_digr.fileio import PathLike, atomic_path, sha256_file
-from edge_digr.manifest import METADATA_KEY, Manifest
+from edge_digr.core.frames import Frames
+from edge_digr.core.errors import UserError, missing_dependency
+from edge_digr.core.fileio import PathLike, atomic_path, sha256_file
+from edge_digr.core.fused_graph import backward_nodes
+from edge_digr.core.manifest import METADATA_KEY, Manifest
 
 METHODS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
@@ -112,8 +113,6 @@ def is_quantized(model) -> bool:
 
 def forward_weighted_nodes(model) -> List[str]:
     """The forward pass's quantizable layers (Conv/Gemm/MatMul outside the /vjp/ scope), in graph order."""
-    from edge_digr.export import backward_nodes
-
     backward = set(backward_nodes(model))
     return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in backward]
 
@@ -128,8 +127,6 @@ def check_fp32_layers(model, names, onnx_path: PathLike) -> None:
 
 def backward_node_names(model) -> List[str]:
     """The gradient-path nodes of a fused graph, as the exporter names them."""
-    from edge_digr.export import backward_nodes
-
     names = list(backward_nodes(model))
     if not names:
         raise UserError("the graph has no backward (/vjp/) nodes to keep in fp32; "

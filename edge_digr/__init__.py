@@ -16,7 +16,7 @@ def __getattr__(name: str):
 
         return load_policy
     if name == "deletion":  # teacher-independent faithfulness of a policy's own maps (torch-free)
-        from edge_digr.evaluation import deletion
+        from edge_digr.core.metrics import deletion
 
         return deletion
     raise AttributeError(f"module 'edge_digr' has no attribute {name!r}")

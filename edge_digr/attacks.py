@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from edge_digr.evaluation import Episodes, rollout, torch_head
 from edge_digr.policies import PixelPolicy
-from edge_digr.tasks import Task
+from edge_digr.core.tasks import Task
 
 ATTACKS = ("fgsm", "pgd", "noise", "mad")
 PIXEL_MAX = 255.0

@@ -13,10 +13,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, atomic_path
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, atomic_path
 from edge_digr.policies import PixelPolicy, PolicyConfig
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 FORMAT = "edge-digr/policy@1"
 
@@ -92,14 +92,14 @@ def policy_task(path: PathLike, given: Optional[str] = None) -> str:
             raise UserError(f"{path} is an SB3 archive, which does not record its task; pass --task")
         return given
     if name.endswith(".onnx"):
-        from edge_digr.manifest import read_onnx_manifest
+        from edge_digr.core.manifest import read_onnx_manifest
 
         manifest = read_onnx_manifest(path) if Path(path).exists() else None
         if manifest is None:
             raise UserError(f"{path} is not an edge-digr model with a manifest; export it with `edge-digr export`")
         recorded = manifest.task
     elif name.endswith((".plan", ".engine")):
-        from edge_digr.manifest import read_sidecar
+        from edge_digr.core.manifest import read_sidecar
 
         recorded = read_sidecar(path).task
     else:

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 import click
 
 from edge_digr import __version__
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 
 # command name -> "module:attribute"
 COMMANDS: Dict[str, str] = {
@@ -30,7 +30,7 @@ COMMANDS: Dict[str, str] = {
     "run": "edge_digr.runtime.commands:run",
     "calibrate": "edge_digr.calibration.commands:calibrate",
     "build": "edge_digr.runtime.engine_commands:build",
-    "selftest": "edge_digr.runtime.engine_commands:selftest_command",
+    "selftest": "edge_digr.calibration.commands:selftest_command",
 }
 
 # Packages of the desktop install only: a command that reaches for one on the Jetson's torch-free install

@@ -7,9 +7,10 @@ from typing import Optional
 
 import click
 
-from edge_digr.fileio import check_writable
-from edge_digr.params import FiniteFloat, positive_float
-from edge_digr.tasks import TASKS
+from edge_digr.core.fileio import check_writable
+from edge_digr.core.options import option
+from edge_digr.core.params import FiniteFloat, positive_float
+from edge_digr.core.tasks import TASKS
 
 DEFAULT_TASK = "minigrid-fetch"
 task_option = click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default=None,
@@ -60,7 +61,7 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
                   updates_per_round: Optional[int], n_envs: Optional[int], subprocess: bool, checkpoint_every: int, resume: bool, threads: int,
                   seed: int, quiet: bool) -> None:
     """Train a teacher, by PPO or by DAgger imitation of a privileged expert, and write it as a checkpoint."""
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     check_writable(out)
     if task_name is None:  # a resumed run is of the task its progress record names
@@ -101,8 +102,8 @@ def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride:
     """Roll the teacher out and label each frame with its perturbation saliency."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.labels import label as run_label
-    from edge_digr.perturbation import PerturbationConfig
-    from edge_digr.tasks import get_task
+    from edge_digr.core.perturbation import PerturbationConfig
+    from edge_digr.core.tasks import get_task
 
     check_writable(out, inputs=[teacher])
     task_name = policy_task(teacher, task_name)
@@ -114,21 +115,19 @@ def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride:
 
 
 def distill_options(f):
-    for option in reversed([
-        click.option("--mode", type=click.Choice(["digr", "plain", "igr"]), default="digr", show_default=True),
+    for decorator in reversed([
+        click.option("--mode", type=click.Choice(["digr", "plain", "igr"]), default="digr", show_default=True,
+                     help="digr: penalise the input gradient on the non-salient region; plain: no penalty (λ = 0); "
+                          "igr: penalise it everywhere."),
         click.option("--lam", type=FiniteFloat(min=0), default=None,
                      help="Gradient-penalty weight λ (default: the task's)."),
         click.option("--mask-rule", type=click.Choice(["fraction", "topk", "soft"]), default="fraction",
                      show_default=True, help="Non-salient region: below a fraction of the frame max, outside the "
                                              "top-k share, or soft weights 1 − S/max S (no threshold)."),
-        click.option("--mask-threshold", type=FiniteFloat(min=0), default=0.1, show_default=True),
-        click.option("--penalty-target", type=click.Choice(["logp", "logit"]), default="logp", show_default=True,
-                     help="What the penalty differentiates: log π(a*|x), the deployed saliency (DESIGN.md), "
-                          "or the greedy logit (an investigation option, discrete tasks)."),
-        click.option("--penalty-norm", type=click.Choice(["none", "share"]), default="none", show_default=True,
-                     help="none: ‖A ⊙ ∇g‖² (DESIGN.md); share: divided by ‖∇g‖² per frame, so only where the "
-                          "gradient lies is penalised, not its size (an investigation option)."),
-        click.option("--temperature", type=positive_float(), default=1.0, show_default=True),
+        click.option("--mask-threshold", type=FiniteFloat(min=0), default=0.1, show_default=True,
+                     help="The --mask-rule's parameter: the fraction of the frame max, or the top-k share."),
+        click.option("--temperature", type=positive_float(), default=1.0, show_default=True,
+                     help="Distillation temperature of the teacher's and student's softmax (discrete tasks)."),
         click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
                      help="Student architecture."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the task's)."),
@@ -137,7 +136,7 @@ def distill_options(f):
         click.option("--dagger-frames", type=click.IntRange(min=1), default=None,
                      help="Frames per DAgger round (default: the task's)."),
     ]):
-        f = option(f)
+        f = decorator(f)
     return f
 
 
@@ -151,21 +150,21 @@ def distill_options(f):
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
-            mask_rule: str, mask_threshold: float, penalty_target: str, penalty_norm: str, temperature: float,
+            mask_rule: str, mask_threshold: float, temperature: float,
             arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
             resume: bool, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.distill import DistillConfig, distill as run
     from edge_digr.labels import load_labels, split
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     check_writable(out, inputs=[teacher, labels_path])
     task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
-                                 penalty_target=penalty_target, penalty_norm=penalty_norm, temperature=temperature,
+                                 temperature=temperature,
                                  arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
     run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name))
     click.echo(f"wrote {out}")
@@ -187,9 +186,9 @@ def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_p
     """Return and success on fixed seeds; saliency agreement, pointing, deletion faithfulness and timing on
     held-out frames."""
     from edge_digr.checkpoint import policy_task
-    from edge_digr.fileio import write_json
+    from edge_digr.core.fileio import write_json
     from edge_digr.metrics import evaluate_policy, open_policy
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     if json_path:
         check_writable(json_path, inputs=[policy_path, labels_path], option="--json")
@@ -203,7 +202,8 @@ def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_p
 
 @click.command()
 @task_option
-@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True, help="Output folder.")
+@option("--out-dir", "out", old=["--out"], type=click.Path(file_okay=False), default="demo-out", show_default=True,
+        help="Output folder.")
 @click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
               help="tiny: seconds-long smoke run (tests); full: the task's budgets.")
 @click.option("--modes", default="digr,plain", show_default=True, help="Students to distil (digr,plain,igr).")
@@ -220,9 +220,13 @@ def demo(task_name: str, out: str, budget: str, modes: str, teacher: Optional[st
     minigrid-fetch trains its teacher (minutes); car-racing and atari-breakout use the teacher shipped in
     models/ unless --teacher or --train-teacher says otherwise."""
     from edge_digr.demo import run_demo
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     check_writable(out, folder=True)
+    if teacher is not None:  # the teacher file names its task; a --task that disagrees is refused
+        from edge_digr.checkpoint import policy_task
+
+        task_name = policy_task(teacher, task_name)
     report = run_demo(get_task(task_name or DEFAULT_TASK), Path(out), budget, [m.strip() for m in modes.split(",") if m.strip()],
                       seed, progress=not quiet, teacher=Path(teacher) if teacher else None, train_teacher=train)
     click.echo(f"report: {report}")

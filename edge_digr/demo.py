@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import write_json, write_text
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import write_json, write_text
+from edge_digr.core.tasks import Task
 from edge_digr.machine import machine_info, machine_line
-from edge_digr.tasks import Task
 
 STRIP_FRAMES = 4
 COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
@@ -42,7 +42,7 @@ def tiny(task: Task) -> Task:
 
 
 def budget_task(name: str, budget: str) -> Task:
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     task = get_task(name)
     return tiny(task) if budget == "tiny" else task
@@ -191,7 +191,7 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
     """One PNG per sample frame: frame | teacher perturbation | each column's gradient map."""
     from PIL import Image, ImageDraw
 
-    from edge_digr.evaluation import collapse_components
+    from edge_digr.core.metrics import collapse_components
     from edge_digr.runtime.overlay import display_frame, heat_overlay
 
     count = min(STRIP_FRAMES, len(test["obs"]))

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from edge_digr.checkpoint import read_resume_state, save_checkpoint
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, atomic_path
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, atomic_path
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.saliency import input_gradient
-from edge_digr.tasks import Task
+from edge_digr.core.tasks import Task
 
 MODES = ("digr", "plain", "igr")
 MASK_RULES = ("fraction", "topk", "soft")

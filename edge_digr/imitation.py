@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from edge_digr.checkpoint import save_checkpoint
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.evaluation import batched, torch_head
-from edge_digr.fileio import atomic_path, write_json
+from edge_digr.core.fileio import atomic_path, write_json
 from edge_digr.policies import PixelPolicy, PolicyConfig
-from edge_digr.tasks import Task
+from edge_digr.core.tasks import Task
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.evaluation import batched
-from edge_digr.fileio import PathLike, atomic_path
-from edge_digr.perturbation import PerturbationConfig
+from edge_digr.core.fileio import PathLike, atomic_path
+from edge_digr.core.perturbation import PerturbationConfig
 from edge_digr.policies import PixelPolicy
 from edge_digr.saliency import Perturbation
-from edge_digr.tasks import Task, fetch_target_mask
+from edge_digr.core.tasks import Task, fetch_target_mask
 
 LABEL_KEYS = ("teacher_out", "saliency", "episode")
 

@@ -11,10 +11,11 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.evaluation import HeadFn, deletion, rollout, saliency_agreement, time_per_map_ms
-from edge_digr.perturbation import PerturbationConfig, perturbation_saliency
-from edge_digr.tasks import Task
+from edge_digr.core.errors import UserError
+from edge_digr.core.metrics import deletion, saliency_agreement
+from edge_digr.core.perturbation import PerturbationConfig, perturbation_saliency
+from edge_digr.core.tasks import Task
+from edge_digr.evaluation import HeadFn, rollout, time_per_map_ms
 
 TIMING_FRAMES = 8  # held-out frames timed for both saliency methods
 

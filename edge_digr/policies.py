@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from edge_digr.tasks import ArchSpec, Task
+from edge_digr.core.tasks import ArchSpec, Task
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def saliency_target(policy_out: torch.Tensor, continuous: bool, kind: str = "log
 
     Discrete: log π(a*|x) for the greedy action a*, shape (N,). Continuous: the action mean, (N, K), one
     map per component. `kind="logit"` (discrete only) gives the greedy logit z_a* instead: not what is
-    deployed, an alternative for DIGR's penalty (`distill --penalty-target`).
+    deployed, an alternative for DIGR's penalty (`DistillConfig.penalty_target`).
     """
     if continuous:
         return policy_out

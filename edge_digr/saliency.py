@@ -10,7 +10,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-from edge_digr.perturbation import PerturbationConfig, perturbation_saliency
+from edge_digr.core.perturbation import PerturbationConfig, perturbation_saliency
 from edge_digr.policies import PixelPolicy, saliency_target
 
 

@@ -21,10 +21,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from edge_digr.checkpoint import save_checkpoint, sb3_to_policy_state
-from edge_digr.errors import UserError
-from edge_digr.fileio import write_json
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import write_json
 from edge_digr.policies import PixelPolicy, PixelTrunk, PolicyConfig
-from edge_digr.tasks import Task
+from edge_digr.core.tasks import Task
 
 
 class TaskObservation(gym.ObservationWrapper):
@@ -137,7 +137,7 @@ class Checkpointer(BaseCallback):
 
 
 def save_teacher(model: PPO, task: Task, run: TeacherRun) -> None:
-    from edge_digr.fileio import atomic_path
+    from edge_digr.core.fileio import atomic_path
 
     with atomic_path(run.sb3_path) as tmp:
         model.save(tmp)

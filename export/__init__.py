@@ -14,8 +14,8 @@ _WHERE = {
     "export_fused": "edge_digr.export.fused",
     "export_forward": "edge_digr.export.fused",
     "export_checkpoint": "edge_digr.export.fused",
-    "backward_nodes": "edge_digr.export.graph",
-    "BACKWARD_SCOPE": "edge_digr.export.graph",
+    "backward_nodes": "edge_digr.core.fused_graph",
+    "BACKWARD_SCOPE": "edge_digr.core.fused_graph",
     "build_vjp": "edge_digr.export.vjp",
     "UnsupportedOpError": "edge_digr.export.vjp",
 }

@@ -13,10 +13,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.export.trt_support import TARGETS, check_model
-from edge_digr.fileio import PathLike, sha256_file
-from edge_digr.manifest import METADATA_KEY, Manifest
+from edge_digr.core.fileio import PathLike, sha256_file
+from edge_digr.core.manifest import METADATA_KEY, Manifest
 
 PARITY_BATCH = 3  # not 1, so that a graph that only works at its export batch size is caught
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|, per output, for fp32 graphs
@@ -109,7 +109,7 @@ def _resolve_checkpoint(path: Path, manifest: Optional[Manifest], checkpoint: Op
     found, sha, why = _find_source(path, manifest)
     if checkpoint is None:
         if found is None:
-            report.notes.append(f"{why}: no parity run; pass --checkpoint")
+            report.notes.append(f"{why}: no parity run; pass --policy")
         return found
     ckpt = Path(checkpoint)
     if not ckpt.exists():
@@ -167,7 +167,7 @@ def parity(path: PathLike, ckpt: PathLike, batch: int = PARITY_BATCH, seed: int 
 
 def check_onnx(path: PathLike, target: str = "trt8.5", checkpoint: Optional[PathLike] = None,
                tolerance: float = PARITY_TOLERANCE) -> CheckReport:
-    from edge_digr.export.graph import backward_nodes
+    from edge_digr.core.fused_graph import backward_nodes
 
     path = Path(path)
     if not path.exists():

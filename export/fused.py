@@ -10,11 +10,11 @@ import onnx
 import torch
 from torch import nn
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.export import graph as onnx_graph
 from edge_digr.export.vjp import build_vjp
-from edge_digr.fileio import PathLike, sha256_file, write_bytes
-from edge_digr.manifest import METADATA_KEY, Manifest, for_task
+from edge_digr.core.fileio import PathLike, sha256_file, write_bytes
+from edge_digr.core.manifest import METADATA_KEY, Manifest, for_task
 
 DEFAULT_OPSET = 17  # JetPack 5's TensorRT 8.5 parses up to opset 17; TensorRT 10 parses it too
 
@@ -123,7 +123,7 @@ def export_forward(module: nn.Module, example_inputs: Sequence[torch.Tensor], pa
 
 def example_inputs_for(task_name: str, batch: int = 1, seed: int = 0) -> Tuple[torch.Tensor, ...]:
     """Random inputs with a task's graph input shapes (raw 0-255 pixels; extra inputs in [0, 1))."""
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     gen = torch.Generator().manual_seed(seed)
     task = get_task(task_name)

@@ -1,25 +1,17 @@
 """ONNX-level helpers for fused graphs (torch-free): find the backward nodes, split shared weights.
 
-The VJP runs in the child module `vjp`, so the exporter names every gradient-path node "/vjp/...".
+The backward-node naming ("/vjp/...") is the core's contract (`edge_digr.core.fused_graph`), read by
+INT8 quantization too.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-BACKWARD_SCOPE = "/vjp/"
-
-
-def _load(model: Union[onnx.ModelProto, str]) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-
-
-def backward_nodes(onnx_model: Union[onnx.ModelProto, str]) -> List[str]:
-    """Names of the nodes that compute the input gradient and the saliency (keep them in high precision)."""
-    return [n.name for n in _load(onnx_model).graph.node if n.name.startswith(BACKWARD_SCOPE)]
+from edge_digr.core.fused_graph import BACKWARD_SCOPE
 
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",

@@ -337,7 +337,7 @@ def _data_type(node: onnx.NodeProto, view: GraphView) -> Optional[int]:
 def check_model(model: onnx.ModelProto, target: str) -> List[Violation]:
     """Every node against `target`'s support table, documented types and restrictions."""
     if target not in TARGETS:
-        from edge_digr.errors import UserError
+        from edge_digr.core.errors import UserError
 
         raise UserError(f"unknown TensorRT target {target!r}; choose one of: {', '.join(TARGETS)}")
     spec = TARGETS[target]

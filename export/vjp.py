@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils._pytree import tree_leaves
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 
 # What the error message lists: the ops whose transpose is implemented below.
 SUPPORTED = (

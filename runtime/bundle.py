@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, atomic_path, sha256_file
-from edge_digr.manifest import read_onnx_manifest
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, atomic_path, sha256_file
+from edge_digr.core.manifest import read_onnx_manifest
 
 FORMAT = "edge-digr/bundle@1"
 INDEX = "bundle.json"

@@ -5,7 +5,7 @@ from typing import Optional
 
 import click
 
-from edge_digr.params import positive_float
+from edge_digr.core.params import positive_float
 
 
 @click.command("run")
@@ -55,8 +55,8 @@ def run(engine: str, feed: str, episodes: Optional[int], max_steps: Optional[int
 
     With --serve, watch it from a browser: a replay (--feed replay:FILE) can be paused and stepped there.
     """
-    from edge_digr.errors import UserError
-    from edge_digr.fileio import check_writable
+    from edge_digr.core.errors import UserError
+    from edge_digr.core.fileio import check_writable
     from edge_digr.runtime.loop import RunOptions, run_session
     from edge_digr.runtime.serve import ServeOptions, check_token, exposure_warning, parse_address
 
@@ -80,7 +80,7 @@ def run(engine: str, feed: str, episodes: Optional[int], max_steps: Optional[int
         cuda_graph=cuda_graph, print_steps=print_steps, serve=serve_opts, rate=rate))
     click.echo(summary.text())
     if json_out:
-        from edge_digr.fileio import write_json
+        from edge_digr.core.fileio import write_json
 
         write_json(json_out, summary.to_dict())
         click.echo(f"summary written to {json_out}")

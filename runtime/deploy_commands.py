@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 
 import click
 
+from edge_digr.core.options import option
+
 
 @click.command()
 @click.option("--engine", "engine", required=True, type=click.Path(dir_okay=False),
@@ -23,25 +25,24 @@ import click
               help="Perturbed frames per forward call (keep within a TensorRT engine's batch profile).")
 @click.option("--forward", type=click.Path(dir_okay=False),
               help="Forward-only model; default for .onnx: derived from the fused graph. Needed for a plan.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Torch checkpoint for the eager forward+autograd baseline (default: the manifest's source).")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="Threads of ONNX Runtime's intra-op pool and of the torch baseline.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads of ONNX Runtime's intra-op pool.")
 @click.option("--layer-iterations", default=20, show_default=True, type=click.IntRange(min=0),
               help="Calls in the per-layer profiling pass (0 skips it).")
 @click.option("--power-rail", help="tegrastats rail for power and energy (default: VDD_IN or POM_5V_IN).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write the latency CDF here (.png).")
 def profile(engine: str, batch: int, iterations: int, warmup: int, rounds: int, perturbation_frames: int,
-            perturbation_batch: int, forward: Optional[str], checkpoint: Optional[str], threads: Optional[int],
+            perturbation_batch: int, forward: Optional[str], threads: Optional[int],
             layer_iterations: int, power_rail: Optional[str], json_out: Optional[str],
             plot_out: Optional[str]) -> None:
-    """Latency of the fused pass next to the forward-only graph, perturbation saliency and torch autograd."""
-    from edge_digr.perturbation import PerturbationConfig
-    from edge_digr.fileio import check_writable, write_json
+    """Latency of the fused pass next to the forward-only graph and perturbation saliency.
+
+    The PyTorch eager baseline runs on the desktop: python benchmarks/profile_torch.py --engine FILE."""
+    from edge_digr.core.perturbation import PerturbationConfig
+    from edge_digr.core.fileio import check_writable, write_json
     from edge_digr.runtime.profiler import ProfileConfig, check_plot_path, plot_cdf, profile as run_profile, pyplot
 
-    inputs = [engine, forward, checkpoint]
+    inputs = [engine, forward]
     if json_out:
         check_writable(json_out, inputs=inputs, option="--json")
     if plot_out:
@@ -52,7 +53,7 @@ def profile(engine: str, batch: int, iterations: int, warmup: int, rounds: int, 
                         perturbation_iterations=perturbation_frames,
                         perturbation=PerturbationConfig(batch_size=perturbation_batch), threads=threads,
                         layer_iterations=layer_iterations, power_rail=power_rail)
-    report = run_profile(engine, cfg, forward=forward, checkpoint=checkpoint)
+    report = run_profile(engine, cfg, forward=forward)
     click.echo(summary(report))
     if json_out:
         write_json(json_out, report)
@@ -101,7 +102,7 @@ def bundle() -> None:
 def bundle_pack(model: str, out: str, calibration: Tuple[str, ...], forward: Optional[str],
                 no_forward: bool) -> None:
     """Pack MODEL (fused ONNX), its manifest, forward-only graph and calibration data into one archive."""
-    from edge_digr.fileio import check_writable
+    from edge_digr.core.fileio import check_writable
     from edge_digr.runtime.bundle import describe, pack
 
     check_writable(out, inputs=[model, forward, *calibration])
@@ -111,12 +112,13 @@ def bundle_pack(model: str, out: str, calibration: Tuple[str, ...], forward: Opt
 
 @bundle.command("unpack")
 @click.argument("archive", type=click.Path(dir_okay=False))
-@click.option("--to", "target", required=True, type=click.Path(file_okay=False), help="Folder to unpack into.")
+@option("--out-dir", "target", old=["--to"], required=True, type=click.Path(file_okay=False),
+        help="Folder to unpack into.")
 def bundle_unpack(archive: str, target: str) -> None:
     """Unpack ARCHIVE into a folder, refusing members that would land outside it."""
-    from edge_digr.fileio import check_writable
+    from edge_digr.core.fileio import check_writable
     from edge_digr.runtime.bundle import unpack
 
-    check_writable(target, inputs=[archive], option="--to", folder=True)
+    check_writable(target, inputs=[archive], option="--out-dir", folder=True)
     for path in unpack(archive, target):
         click.echo(str(Path(path)))

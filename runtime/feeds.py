@@ -1,12 +1,12 @@
 """Feeds: where the frames the policy sees come from, and `--save-feed` recording of what it saw.
 
-- ``env``: the task's gymnasium env with the task's own preprocessing (`edge_digr.tasks`, shared with
+- ``env``: the task's gymnasium env with the task's own preprocessing (`edge_digr.core.tasks`, shared with
   training and evaluation); the policy's actions drive it.
 - ``replay:PATH``: a `.npz` holding one array (T, *input shape) per graph input, named like the inputs
   (what `--save-feed` writes), or a folder of PNG frames (RGB for 3-channel inputs; grey frames stacked
   like the env stacks them for multi-channel inputs). Actions are computed but drive nothing.
 - ``carla://HOST:PORT``: the CARLA lane-following env on that server (bounded reconnects, dropped
-  camera frames counted; see `edge_digr.carla_env`).
+  camera frames counted; see `edge_digr.core.carla_env`).
 
 Every feed yields `Frame`s; a frame's `inputs` are unbatched float32 arrays keyed by graph input name.
 """
@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, atomic_path
-from edge_digr.manifest import Manifest
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, atomic_path
+from edge_digr.core.manifest import Manifest
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EnvFeed(Feed):
     interactive = True
 
     def __init__(self, task_name: str, seed: int = 0, **env_options: Any):
-        from edge_digr.tasks import get_task
+        from edge_digr.core.tasks import get_task
 
         self.task = get_task(task_name)
         self.env = self.task.make_env(seed=seed, **env_options)
@@ -134,7 +134,7 @@ def parse_carla_url(spec: str) -> Tuple[str, int, Dict[str, Any]]:
     """(host, port, connection options) from carla://HOST:PORT[?timeout=SECONDS&retries=N]."""
     from urllib.parse import parse_qs, urlsplit
 
-    from edge_digr.carla_env import Backoff
+    from edge_digr.core.carla_env import Backoff
 
     bad = (f"bad CARLA address {spec!r}; expected carla://HOST:PORT[?timeout=SECONDS&retries=N] with "
            f"0 < SECONDS <= {MAX_CARLA_TIMEOUT_S} and 1 <= N <= {MAX_CARLA_RETRIES}")

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.manifest import Manifest
-from edge_digr.tasks import ActionSpec
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import Manifest
+from edge_digr.core.tasks import ActionSpec
 from edge_digr.runtime.feeds import Feed, Frame
 from edge_digr.runtime.runners import Runner
 from edge_digr.runtime.stats import Reservoir
@@ -191,7 +191,7 @@ def run_session(opts: RunOptions) -> RunSummary:
 
     from tqdm import tqdm
 
-    from edge_digr.fileio import check_writable
+    from edge_digr.core.fileio import check_writable
     from edge_digr.runtime.feeds import FeedRecorder, ReplayFeed, open_feed
     from edge_digr.runtime.overlay import Recorder, Window, compose
     from edge_digr.runtime.runners import open_runner

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, atomic_path
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, atomic_path
 
 MIN_PANEL_HEIGHT = 160  # small frames (MiniGrid's 40 px) are enlarged to stay readable
 RECORD_SUFFIXES = (".mp4", ".gif")

@@ -9,17 +9,18 @@ Variants (each timed per call, after warm-up, with latency percentiles and throu
   Jetson does not have; `edge-digr bundle` ships that derived graph so the device can build an engine from
   it. For a TensorRT plan, pass the forward-only plan built from it.
 - ``perturbation``: the Greydanus perturbation saliency the fused pass replaces
-  (`edge_digr.perturbation.perturbation_saliency`), batched over masks through the forward-only graph,
+  (`edge_digr.core.perturbation.perturbation_saliency`), batched over masks through the forward-only graph,
   one frame per call.
-- ``torch_eager``: PyTorch eager forward + `torch.autograd.grad` (`edge_digr.saliency.gradient_saliency`)
-  on the same network, when torch is installed and the checkpoint is known.
+- baselines passed in by the caller (`profile(..., baselines=...)`): the runtime never imports torch, so
+  the PyTorch eager forward + autograd baseline (``torch_eager``) is built on the desktop side,
+  by benchmarks/profile_torch.py.
 
 Host↔device copies are timed separately where the backend has them (TensorRT: pinned-memory copies of
 the model's input and output tensors, CUDA events); per-layer times come from ONNX Runtime's profiler
 (SessionOptions.enable_profiling) or TensorRT's IProfiler, in a separate pass so they do not disturb the
 latencies. On a Jetson, tegrastats is sampled throughout (`edge_digr.runtime.jetson`).
 
-Torch-free at import; torch is only touched by the ``torch_eager`` variant.
+Torch-free; TensorRT is reached through `edge_digr.runtime.trt_backend`.
 """
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edge_digr.errors import UserError, missing_dependency
-from edge_digr.fileio import PathLike, atomic_path, sha256_file
-from edge_digr.manifest import METADATA_KEY, Manifest, read_onnx_manifest
-from edge_digr.perturbation import PerturbationConfig, perturbation_saliency
+from edge_digr.core.errors import UserError, missing_dependency
+from edge_digr.core.fileio import PathLike, atomic_path, sha256_file
+from edge_digr.core.manifest import METADATA_KEY, Manifest, read_onnx_manifest
+from edge_digr.core.perturbation import PerturbationConfig, perturbation_saliency
 
 FORWARD_GRAPH = "forward-only"  # manifest.extra["graph"] of a derived forward-only graph
 PERCENTILES = (50, 90, 99)
@@ -252,56 +253,20 @@ def by_op(layers: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def trt_layer_times(runner: Any, feed: Mapping[str, np.ndarray], iterations: int) -> List[Dict[str, Any]]:
-    """Median time per engine layer from TensorRT's IProfiler, attached to the runner's execution context."""
-    import tensorrt as trt
+    """Median time per engine layer from TensorRT's IProfiler."""
+    from edge_digr.runtime.trt_backend import layer_times
 
-    class LayerTimes(trt.IProfiler):
-        def __init__(self) -> None:
-            trt.IProfiler.__init__(self)
-            self.ms: Dict[str, List[float]] = {}
-
-        def report_layer_time(self, layer_name: str, ms: float) -> None:
-            self.ms.setdefault(layer_name, []).append(ms)
-
-    profiler = LayerTimes()
-    runner.activate()
-    # The runner keeps its IExecutionContext private; the profiler must hang on that very context.
-    runner._context.profiler = profiler
-    for _ in range(iterations):
-        runner.infer(feed)
-    return _layer_table([(name, "", float(np.median(ms))) for name, ms in profiler.ms.items()])
+    times = layer_times(runner, feed, iterations)
+    return _layer_table([(name, "", float(np.median(ms))) for name, ms in times.items()])
 
 
 # ------------------------------------------------------------------------------ host<->device copies
 def trt_copy_times(runner: Any, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
                    iterations: int) -> Dict[str, Any]:
-    """Pinned host↔device copies of the model's input and output tensors, timed with CUDA events.
+    """Pinned host↔device copies of the model's input and output tensors, timed with CUDA events."""
+    from edge_digr.runtime.trt_backend import copy_times
 
-    Runs in the runner's (active) CUDA context; the copies are of exactly the bytes `infer` moves.
-    """
-    import pycuda.driver as cuda
-
-    runner.activate()
-    stream = cuda.Stream()
-
-    def timed(copies: List[Callable[[], None]]) -> List[float]:
-        times = []
-        for _ in range(iterations):
-            start, end = cuda.Event(), cuda.Event()
-            start.record(stream)
-            for copy in copies:
-                copy()
-            end.record(stream)
-            end.synchronize()
-            times.append(start.time_till(end))
-        return times
-
-    hosts = {k: cuda.pagelocked_empty(v.shape, np.float32) for k, v in {**feed, **outputs}.items()}
-    devs = {k: cuda.mem_alloc(max(h.nbytes, 1)) for k, h in hosts.items()}
-    h2d = timed([lambda k=k: cuda.memcpy_htod_async(devs[k], hosts[k], stream) for k in feed])
-    d2h = timed([lambda k=k: cuda.memcpy_dtoh_async(hosts[k], devs[k], stream) for k in outputs])
-    for d in devs.values():
-        d.free()
+    h2d, d2h = copy_times(runner, feed, outputs, iterations)
     return {"h2d": LatencyStats.of(h2d, 1).to_dict(), "d2h": LatencyStats.of(d2h, 1).to_dict(),
             "h2d_bytes": int(sum(v.nbytes for v in feed.values())),
             "d2h_bytes": int(sum(v.nbytes for v in outputs.values()))}
@@ -316,7 +281,7 @@ class ProfileConfig:
     rounds: int = 10  # interleaving rounds (1: each variant in one block)
     perturbation_iterations: int = 5  # frames; each is (H/stride)·(W/stride) forward passes
     perturbation: PerturbationConfig = PerturbationConfig()
-    threads: Optional[int] = None  # ONNX Runtime intra-op and torch threads (default: each library's own)
+    threads: Optional[int] = None  # ONNX Runtime intra-op threads (default: its own)
     layer_iterations: int = 20  # 0 skips the per-layer pass
     tegrastats_interval_ms: int = 100
     power_rail: Optional[str] = None  # default: the input rail (VDD_IN / POM_5V_IN)
@@ -324,47 +289,14 @@ class ProfileConfig:
     progress: bool = True
 
 
-def torch_variant(policy: Any, feed: Mapping[str, np.ndarray], iterations: int, warmup: int) -> Variant:
-    """PyTorch eager forward + torch.autograd.grad, reduced to the deployed saliency, on `policy`."""
-    import torch
-
-    from edge_digr.saliency import gradient_saliency
-
-    inputs = policy.inputs_from(dict(feed))
-    return Variant("torch_eager", "PyTorch eager forward + torch.autograd.grad (edge_digr.saliency.gradient_saliency)",
-                   lambda: gradient_saliency(policy, inputs), len(next(iter(feed.values()))), iterations, warmup,
-                   {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__})
-
-
 def perturbation_variant(forward_fn: Callable[[Dict[str, np.ndarray]], np.ndarray], feed: Mapping[str, np.ndarray],
                          config: PerturbationConfig, iterations: int, name: str = "perturbation") -> Variant:
     """The project's batched perturbation saliency of one frame, with `forward_fn` as the network."""
     frame = {k: np.ascontiguousarray(v[:1]) for k, v in feed.items()}
     return Variant(name,
-                   f"Greydanus perturbation saliency (edge_digr.perturbation, stride {config.stride}, "
+                   f"Greydanus perturbation saliency (edge_digr.core.perturbation, stride {config.stride}, "
                    f"{config.batch_size} perturbed frames per forward call), one frame per call",
                    lambda: perturbation_saliency(forward_fn, frame, "obs", config), 1, iterations, 1)
-
-
-def _torch_checkpoint(manifest: Manifest, engine: Path, checkpoint: Optional[PathLike]) -> tuple:
-    """(checkpoint or None, why not) for the torch baseline: the very network the graph was exported from.
-
-    Default: the manifest's source, looked up next to the engine. A checkpoint whose sha256 differs from
-    the manifest's `source_sha256` is another network, so it is refused rather than silently compared.
-    """
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None, "torch is not installed (expected on the Jetson)"
-    if checkpoint is None:
-        if not manifest.source or not (engine.parent / manifest.source).is_file():
-            return None, (f"no checkpoint: the manifest's source {manifest.source!r} is not next to {engine}; "
-                          "pass --checkpoint")
-        checkpoint = engine.parent / manifest.source
-    if manifest.source_sha256 and sha256_file(checkpoint) != manifest.source_sha256:
-        raise UserError(f"{checkpoint} is not the checkpoint {engine} was exported from (sha256 differs from "
-                        "the manifest's source_sha256); pass the right --checkpoint")
-    return checkpoint, ""
 
 
 def machine() -> Dict[str, Any]:
@@ -385,9 +317,17 @@ def _ort_options(path: Path, threads: Optional[int]) -> Dict[str, Any]:
     return {"spin": False, **({"threads": threads} if threads else {})}
 
 
+# A baseline the caller adds: given the manifest and the feed, the Variant to time, or why not (a string).
+Baseline = Callable[[Manifest, Mapping[str, np.ndarray]], Union[Variant, str]]
+
+
 def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Optional[PathLike] = None,
-            checkpoint: Optional[PathLike] = None) -> Dict[str, Any]:
-    """Profile a fused model (`.onnx` or a TensorRT plan) and its baselines; returns the JSON-able report."""
+            baselines: Optional[Mapping[str, Baseline]] = None) -> Dict[str, Any]:
+    """Profile a fused model (`.onnx` or a TensorRT plan) and its baselines; returns the JSON-able report.
+
+    `baselines` maps a variant name to a callable the desktop side passes in (benchmarks/profile_torch.py
+    adds ``torch_eager``); a callable that returns a string instead of a Variant is reported as skipped.
+    """
     from edge_digr.runtime.jetson import TegrastatsSampler, device_state
     from edge_digr.runtime.runners import open_runner
     from edge_digr.runtime.tegrastats import summarize
@@ -423,17 +363,12 @@ def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Opt
             if cfg.perturbation_iterations:
                 todo.append(perturbation_variant(lambda f: fwd.infer(f)[head], feed, cfg.perturbation,
                                                  cfg.perturbation_iterations))
-        path, why = _torch_checkpoint(manifest, engine, checkpoint)
-        if path is None:
-            skipped["torch_eager"] = why
-        else:
-            import torch
-
-            from edge_digr.checkpoint import load_policy
-
-            if cfg.threads:
-                torch.set_num_threads(cfg.threads)
-            todo.append(torch_variant(load_policy(path), feed, cfg.iterations, cfg.warmup))
+        for name, make in (baselines or {}).items():
+            variant = make(manifest, feed)
+            if isinstance(variant, str):
+                skipped[name] = variant
+            else:
+                todo.append(variant)
         tegra = stack.enter_context(TegrastatsSampler(cfg.tegrastats_interval_ms))
         variants = measure(todo, cfg.rounds, cfg.progress)
         tegra.stop()

@@ -11,7 +11,7 @@ Torch-free (this is what runs on the Jetson). Polygraphy-style usage::
 
 The interface every runner keeps (selftest, profile and run rely on it):
 
-- ``manifest``: the :class:`edge_digr.manifest.Manifest` read from the model (task, inputs, outputs,
+- ``manifest``: the :class:`edge_digr.core.manifest.Manifest` read from the model (task, inputs, outputs,
   action names, precision), so a model file needs no other flag.
 - ``input_names`` / ``output_names``: graph input and output names, in graph order.
 - ``infer(feed) -> dict``: ``feed`` maps every input name to a *batched* array (batch first); values are
@@ -37,9 +37,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike
-from edge_digr.manifest import Manifest, read_onnx_manifest, read_sidecar
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike
+from edge_digr.core.manifest import Manifest, read_onnx_manifest, read_sidecar
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 # Execution providers tried in this order when present: TensorRT, then CUDA, then the CPU.
@@ -226,7 +226,7 @@ def open_runner(path: PathLike, **opts: Any) -> Runner:
         _check_options(opts, {"providers", "threads", "spin"}, "an ONNX model (ONNX Runtime)")
         return OnnxRuntimeRunner(path, **opts)
     if suffix in ENGINE_SUFFIXES:
-        from edge_digr.runtime.tensorrt_runner import TensorRTRunner
+        from edge_digr.runtime.trt_backend import TensorRTRunner
 
         _check_options(opts, {"cuda_graph"}, "a TensorRT engine")
         _require_file(path)

@@ -43,8 +43,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.manifest import Manifest
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import Manifest
 
 if TYPE_CHECKING:
     from edge_digr.runtime.loop import StepResult

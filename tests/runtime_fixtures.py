@@ -12,8 +12,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from edge_digr.manifest import METADATA_KEY, Manifest, for_task
-from edge_digr.tasks import get_task
+from edge_digr.core.manifest import METADATA_KEY, Manifest, for_task
+from edge_digr.core.tasks import get_task
 
 
 def _weights(task_name: str, seed: int) -> Dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from edge_digr.attacks import ATTACKS, AttackConfig, kl_loss, make_attack
 from edge_digr.checkpoint import save_checkpoint
 from edge_digr.cli import main
 from edge_digr.policies import PixelPolicy, PolicyConfig
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 
 def small_policy(continuous: bool, seed: int = 0) -> PixelPolicy:
@@ -149,7 +149,7 @@ def test_cli_single_attack_writes_json(checkpoints, tmp_path):
     _, paths = checkpoints
     out = tmp_path / "a.json"
     result = invoke(["--policy", str(paths["seed0/teacher"]), "--task", "minigrid-fetch", "--attack", "pgd",
-                     "--eps", "4", "--steps", "2", "--episodes", "2", "--max-steps", "8", "--json", str(out)])
+                     "--eps", "4", "--pgd-steps", "2", "--episodes", "2", "--max-steps", "8", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "pgd ε=4" in result.output
     data = json.loads(out.read_text())
@@ -163,7 +163,7 @@ def test_cli_sweep_writes_table_json_and_plot(checkpoints, tmp_path):
     root, paths = checkpoints
     result = invoke(["--compare", f"teacher={paths['seed0/teacher']},{root}/seed*/student_digr.pt",
                      "--task", "minigrid-fetch", "--attack", "fgsm,noise", "--eps", "1,3", "--episodes", "1",
-                     "--max-steps", "5", "--workers", "2", "--out", str(tmp_path / "sweep")])
+                     "--max-steps", "5", "--workers", "2", "--out-dir", str(tmp_path / "sweep")])
     assert result.exit_code == 0, result.output
     table = (tmp_path / "sweep" / "robustness.md").read_text()
     assert "| teacher | 1 |" in table and "| digr | 2 |" in table  # the glob's two seeds form one row
@@ -179,13 +179,13 @@ def test_cli_sweep_writes_table_json_and_plot(checkpoints, tmp_path):
 
 def test_cli_merge_of_per_seed_sweeps_equals_one_sweep_over_both(checkpoints, tmp_path):
     root, _ = checkpoints
-    common = ["--task", "minigrid-fetch", "--attack", "mad", "--eps", "8", "--steps", "2", "--episodes", "1",
+    common = ["--task", "minigrid-fetch", "--attack", "mad", "--eps", "8", "--pgd-steps", "2", "--episodes", "1",
               "--max-steps", "4"]
     for seed in (0, 1):
         assert invoke(["--compare", f"digr={root}/seed{seed}/student_digr.pt", *common,
-                       "--out", str(tmp_path / f"s{seed}")]).exit_code == 0
-    both = invoke(["--compare", f"digr={root}/seed*/student_digr.pt", *common, "--out", str(tmp_path / "both")])
-    merged = invoke(["--task", "minigrid-fetch", "--out", str(tmp_path / "merged"),
+                       "--out-dir", str(tmp_path / f"s{seed}")]).exit_code == 0
+    both = invoke(["--compare", f"digr={root}/seed*/student_digr.pt", *common, "--out-dir", str(tmp_path / "both")])
+    merged = invoke(["--task", "minigrid-fetch", "--out-dir", str(tmp_path / "merged"),
                      "--merge", f"{tmp_path}/s0/robustness.json,{tmp_path}/s1/robustness.json"])
     assert both.exit_code == 0 and merged.exit_code == 0, merged.output
     read = lambda name: json.loads((tmp_path / name / "robustness.json").read_text())  # noqa: E731
@@ -193,8 +193,8 @@ def test_cli_merge_of_per_seed_sweeps_equals_one_sweep_over_both(checkpoints, tm
     assert read("merged")["table"]["digr"]["mad"]["8"]["files"] == 2
     # sweeps with different settings are refused
     assert invoke(["--compare", f"digr={root}/seed0/student_digr.pt", *common[:-2], "--max-steps", "3",
-                   "--out", str(tmp_path / "other")]).exit_code == 0
-    refused = invoke(["--task", "minigrid-fetch", "--out", str(tmp_path / "bad"),
+                   "--out-dir", str(tmp_path / "other")]).exit_code == 0
+    refused = invoke(["--task", "minigrid-fetch", "--out-dir", str(tmp_path / "bad"),
                       "--merge", f"{tmp_path}/s0/robustness.json,{tmp_path}/other/robustness.json"])
     assert refused.exit_code == 2 and "differs" in refused.output and "max_steps" in refused.output
 
@@ -240,6 +240,6 @@ def test_command_module_imports_without_torch():
 
 
 def test_cli_attack_names_match_the_attacks_module():
-    from edge_digr.attack_commands import ATTACK_NAMES
+    from edge_digr.robustness import ATTACK_NAMES
 
     assert ATTACK_NAMES == ATTACKS

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 pytest.importorskip("onnx")
 
 from edge_digr.cli import main  # noqa: E402
-from edge_digr.errors import UserError  # noqa: E402
-from edge_digr.fileio import sha256_file  # noqa: E402
-from edge_digr.manifest import read_onnx_manifest  # noqa: E402
+from edge_digr.core.errors import UserError  # noqa: E402
+from edge_digr.core.fileio import sha256_file  # noqa: E402
+from edge_digr.core.manifest import read_onnx_manifest  # noqa: E402
 from edge_digr.runtime.bundle import FORMAT, INDEX, pack, unpack  # noqa: E402
 from test_profile import tiny_fused  # noqa: E402
 
@@ -150,9 +150,9 @@ def test_cli_pack_and_unpack(tmp_path):
     result = runner.invoke(main, ["bundle", "pack", str(model), "--out", str(archive), "--no-forward"])
     assert result.exit_code == 0, result.output
     assert "model/student.onnx" in result.output and "forward" not in result.output
-    result = runner.invoke(main, ["bundle", "unpack", str(archive), "--to", str(tmp_path / "dev")])
+    result = runner.invoke(main, ["bundle", "unpack", str(archive), "--out-dir", str(tmp_path / "dev")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "dev/model/student.onnx").is_file()
     evil = _evil(tmp_path, _file("../x"))
-    result = runner.invoke(main, ["bundle", "unpack", str(evil), "--to", str(tmp_path / "dev2")])
+    result = runner.invoke(main, ["bundle", "unpack", str(evil), "--out-dir", str(tmp_path / "dev2")])
     assert result.exit_code == 2 and "refusing bundle member" in result.output

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_digr.calibration.fidelity import compare_outputs, fidelity_table
-from edge_digr.evaluation import pearson as pearson_per_map, top_iou as top_fraction_iou
-from edge_digr.errors import UserError
+from edge_digr.core.metrics import pearson as pearson_per_map, top_iou as top_fraction_iou
+from edge_digr.core.errors import UserError
 
 
 def _outputs(n=20, a=4, hw=6, seed=0):

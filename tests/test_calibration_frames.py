@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_digr.calibration.frames import Frames, load_frames, save_frames
-from edge_digr.errors import UserError
+from edge_digr.core.frames import Frames, load_frames, save_frames
+from edge_digr.core.errors import UserError
 
 SPECS = [{"name": "obs", "shape": [-1, 3, 8, 8]}, {"name": "mission", "shape": [-1, 8]}]
 

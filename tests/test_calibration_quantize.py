@@ -14,13 +14,13 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edge_digr.calibration.fidelity import collect_outputs, compare_outputs  # noqa: E402
-from edge_digr.calibration.frames import Frames, save_frames  # noqa: E402
+from edge_digr.core.frames import Frames, save_frames  # noqa: E402
 from edge_digr.calibration.quantize import (QuantizeConfig, forward_weighted_nodes, is_quantized,  # noqa: E402
                                           quantize_qdq)
 from edge_digr.cli import main  # noqa: E402
-from edge_digr.errors import UserError  # noqa: E402
-from edge_digr.fileio import sha256_file  # noqa: E402
-from edge_digr.manifest import METADATA_KEY, Manifest, read_onnx_manifest  # noqa: E402
+from edge_digr.core.errors import UserError  # noqa: E402
+from edge_digr.core.fileio import sha256_file  # noqa: E402
+from edge_digr.core.manifest import METADATA_KEY, Manifest, read_onnx_manifest  # noqa: E402
 from edge_digr.runtime.runners import OnnxRuntimeRunner  # noqa: E402
 
 

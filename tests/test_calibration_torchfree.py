@@ -18,8 +18,8 @@ def test_modules_import_with_torch_absent():
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         import edge_digr.calibration, edge_digr.calibration.quantize, edge_digr.calibration.commands
-        import edge_digr.calibration.trt_calibrator, edge_digr.runtime.engine_build
-        import edge_digr.runtime.selftest, edge_digr.runtime.engine_commands
+        import edge_digr.runtime.trt_backend, edge_digr.runtime.engine_build
+        import edge_digr.calibration.selftest, edge_digr.runtime.engine_commands
         from edge_digr.cli import main
         for name in ("calibrate", "build", "selftest"):
             assert main.get_command(None, name) is not None
@@ -35,7 +35,7 @@ def test_calibrate_runs_with_torch_absent(tmp_path):
         sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
         from test_calibration_quantize import toy_fused, toy_frames
         from edge_digr.calibration.commands import CalibrateOptions, calibrate_onnx
-        from edge_digr.calibration.frames import save_frames
+        from edge_digr.core.frames import save_frames
         from pathlib import Path
         d = Path({str(tmp_path)!r})
         toy_fused(d / "toy.onnx"); save_frames(d / "f.npz", toy_frames(60))

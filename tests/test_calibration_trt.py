@@ -5,10 +5,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from edge_digr.calibration.frames import Frames
-from edge_digr.calibration.trt_calibrator import (CalibrationBatches, entropy_calibrator, major_minor,
-                                                  parse_cache_header, read_cache, write_cache)
-from edge_digr.errors import UserError
+from edge_digr.core.frames import Frames
+from edge_digr.runtime.trt_backend import (CalibrationBatches, entropy_calibrator, major_minor,
+                                         parse_cache_header, read_cache, write_cache)
+from edge_digr.core.errors import UserError
 
 HAS_TRT = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "pycuda"))
 
@@ -64,13 +64,12 @@ def test_calibrator_without_tensorrt_gives_the_install_hint(tmp_path):
 
 @pytest.mark.skipif(not HAS_TRT, reason="tensorrt/pycuda are not installed (they run on the Jetson/GPU only)")
 def test_entropy_calibrator_feeds_batches_and_round_trips_the_cache(tmp_path):
-    import pycuda.driver as cuda
     import tensorrt as trt
 
-    cuda.init()
-    ctx = cuda.Device(0).retain_primary_context()
-    ctx.push()
-    try:
+    from edge_digr.runtime.trt_backend import primary_context
+
+    with primary_context() as device:
+        cuda = device.cuda
         frames = Frames({"obs": np.random.default_rng(0).random((9, 3, 8, 8)).astype(np.float32)})
         calib = entropy_calibrator(tmp_path / "c.cache", 4, CalibrationBatches(frames, ["obs"], 4))
         assert isinstance(calib, trt.IInt8EntropyCalibrator2) and calib.get_batch_size() == 4
@@ -84,5 +83,3 @@ def test_entropy_calibrator_feeds_batches_and_round_trips_the_cache(tmp_path):
                                                                    + major_minor(trt.__version__)[1] * 100)
         calib.write_calibration_cache(cache)
         assert calib.read_calibration_cache() == cache
-    finally:
-        ctx.pop()

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_digr.carla_env import Backoff, CarlaLaneEnv, bgra_to_rgb, connect, image_to_rgb, lane_reward
+from edge_digr.core.carla_env import Backoff, CarlaLaneEnv, bgra_to_rgb, connect, image_to_rgb, lane_reward
 from edge_digr.cli import main
-from edge_digr.errors import UserError
-from edge_digr.tasks import get_task
+from edge_digr.core.errors import UserError
+from edge_digr.core.tasks import get_task
 from runtime_fixtures import contract_onnx
 
 # The client (not a server) is needed for the connection tests; the test extra installs it where a wheel exists.
@@ -134,8 +134,8 @@ def test_missing_carla_package_gives_the_install_hint():
     code = textwrap.dedent("""
         import sys
         sys.modules["carla"] = None
-        from edge_digr.carla_env import connect
-        from edge_digr.errors import UserError
+        from edge_digr.core.carla_env import connect
+        from edge_digr.core.errors import UserError
         try:
             connect("127.0.0.1", 2000)
         except UserError as exc:

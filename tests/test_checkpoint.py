@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from edge_digr.checkpoint import load_checkpoint, load_policy, save_checkpoint
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.policies import PixelPolicy, PolicyConfig
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 
 def test_round_trip_preserves_outputs_and_config(tmp_path):

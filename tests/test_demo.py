@@ -20,7 +20,7 @@ def invoke(*args):
 
 def test_minigrid_demo_writes_report_metrics_and_students(tmp_path):
     out = tmp_path / "demo"
-    invoke("demo", "--budget", "tiny", "--out", out, "--quiet")
+    invoke("demo", "--budget", "tiny", "--out-dir", out, "--quiet")
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ACCEPTANCE_KEYS:
         node = metrics
@@ -42,7 +42,7 @@ def test_minigrid_demo_writes_report_metrics_and_students(tmp_path):
 @pytest.mark.parametrize("task", ["atari-breakout", "car-racing"])
 def test_every_stage_at_a_tiny_budget(task, tmp_path):
     out = tmp_path / task
-    invoke("demo", "--task", task, "--budget", "tiny", "--out", out, "--quiet")
+    invoke("demo", "--task", task, "--budget", "tiny", "--out-dir", out, "--quiet")
     student = out / "student_digr.pt"
     onnx_path = tmp_path / "student.onnx"
     invoke("export", student, "--out", onnx_path)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from edge_digr.distill import (DistillConfig, distill, distillation_loss, gradient_penalty, selection_mask)
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.saliency import input_gradient
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 
 def _policy(continuous=False):

@@ -12,13 +12,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_digr.calibration.trt_calibrator import parse_cache_header
 from edge_digr.cli import main
-from edge_digr.errors import UserError
-from edge_digr.manifest import Manifest, read_sidecar, write_sidecar
-from edge_digr.runtime.engine_build import (BatchProfile, BuildOptions, check_options, network_flags,
-                                            parse_batch, platform_support, precision_flags, profile_shapes,
-                                            sidecar_manifest)
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import Manifest, read_sidecar, write_sidecar
+from edge_digr.runtime.engine_build import (BatchProfile, BuildOptions, check_options, parse_batch,
+                                            precision_flags, profile_shapes, sidecar_manifest)
+from edge_digr.runtime.trt_backend import network_flags, parse_cache_header, platform_support
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_trt = pytest.mark.skipif(not HAS_TRT, reason="tensorrt is not installed (it runs on the Jetson/GPU only)")
@@ -173,7 +172,7 @@ def test_build_without_tensorrt_gives_the_install_hint(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch", "4,2,1"], "--batch"),
+    (["--batch-range", "4,2,1"], "--batch-range"),
     (["--precision", "int8"], "needs --calib-cache"),
 ])
 def test_build_refuses_bad_arguments_before_touching_tensorrt(tmp_path, args, message):
@@ -194,7 +193,7 @@ def test_build_missing_onnx(tmp_path):
 def test_build_and_calibrate_with_tensorrt(tmp_path):
     from test_calibration_quantize import toy_frames, toy_fused
 
-    from edge_digr.calibration.frames import save_frames
+    from edge_digr.core.frames import save_frames
 
     toy_fused(tmp_path / "toy.onnx")
     save_frames(tmp_path / "frames.npz", toy_frames(64))
@@ -204,11 +203,11 @@ def test_build_and_calibrate_with_tensorrt(tmp_path):
                                        str(tmp_path / "frames.npz")])]:
         plan = tmp_path / f"toy.{precision}.plan"
         res = runner.invoke(main, ["build", str(tmp_path / "toy.onnx"), "--precision", precision, "--out", str(plan),
-                                   "--batch", "1,4,8", "--timing-cache", str(tmp_path / "timing.cache"), *extra])
+                                   "--batch-range", "1,4,8", "--timing-cache", str(tmp_path / "timing.cache"), *extra])
         assert res.exit_code == 0, res.output
         side = read_sidecar(plan)
         assert side.precision == precision and side.extra["batch"] == [1, 4, 8]
-        from edge_digr.fileio import sha256_file
+        from edge_digr.core.fileio import sha256_file
 
         assert side.extra["plan_sha256"] == sha256_file(plan)
     assert parse_cache_header((tmp_path / "c.cache").read_bytes()).algorithm == "EntropyCalibration2"

@@ -261,7 +261,7 @@ def test_executed_action_trusts_the_pot_over_the_expert_s_own_choice(own, pot_be
 def test_one_real_env_step():
     pytest.importorskip("ale_py", reason="ale_py (Atari emulator) not installed")
     pytest.importorskip("cv2", reason="opencv not installed (AtariPreprocessing resizes with it)")
-    from edge_digr.tasks import TASKS
+    from edge_digr.core.tasks import TASKS
 
     env = TASKS["atari-breakout"].make_env()
     try:

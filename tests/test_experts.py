@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.experts import EXPERTS, make_expert
 from edge_digr.experts.car_racing import (CarState, PursuitConfig, curvature_ahead, heading_error,
                                           nearest_index, point_ahead, pursuit_action)
@@ -131,7 +131,7 @@ def test_carla_speed_integral_is_bounded():
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_every_expert_task_exists_and_others_are_refused():
-    from edge_digr.tasks import TASKS
+    from edge_digr.core.tasks import TASKS
 
     assert set(EXPERTS) <= set(TASKS)
     with pytest.raises(UserError, match="has no privileged expert"):

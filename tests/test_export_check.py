@@ -13,9 +13,9 @@ from edge_digr.cli import main
 from edge_digr.export import export_checkpoint
 from edge_digr.export.check import check_onnx
 from edge_digr.export.trt_support import TARGETS, check_model
-from edge_digr.manifest import METADATA_KEY, Manifest
+from edge_digr.core.manifest import METADATA_KEY, Manifest
 from edge_digr.policies import PixelPolicy, PolicyConfig
-from edge_digr.tasks import TASKS, get_task
+from edge_digr.core.tasks import TASKS, get_task
 
 FLOAT = TensorProto.FLOAT
 
@@ -152,7 +152,7 @@ def test_cli_exit_codes(tmp_path) -> None:
     other.mkdir()
     save_checkpoint(other / "x.pt", PixelPolicy(PolicyConfig.for_task(get_task("atari-breakout"), "edge")),
                     "atari-breakout", "student")
-    mismatch = runner.invoke(main, ["check", str(path), "--checkpoint", str(other / "x.pt")])
+    mismatch = runner.invoke(main, ["check", str(path), "--policy", str(other / "x.pt")])
     assert mismatch.exit_code == 1 and "FAILED: 1 violation(s)" in mismatch.output
 
     missing = runner.invoke(main, ["check", str(tmp_path / "nope.onnx")])
@@ -170,10 +170,9 @@ def test_cli_export_writes_a_checkable_graph(tmp_path) -> None:
     policy = PixelPolicy(PolicyConfig.for_task(get_task("minigrid-fetch"), "edge")).eval()
     save_checkpoint(tmp_path / "s.pt", policy, "minigrid-fetch", "student")
     runner = CliRunner()
-    result = runner.invoke(main, ["export", str(tmp_path / "s.pt"), "--out", str(tmp_path / "s.onnx"),
-                                  "--raw-grad"])
+    result = runner.invoke(main, ["export", str(tmp_path / "s.pt"), "--out", str(tmp_path / "s.onnx")])
     assert result.exit_code == 0, result.output
-    assert "outputs logits, saliency, input_grad" in result.output
+    assert "outputs logits, saliency" in result.output
     assert runner.invoke(main, ["check", str(tmp_path / "s.onnx")]).exit_code == 0
     bad = runner.invoke(main, ["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
@@ -204,7 +203,7 @@ def test_sb3_zip_exports_and_checks(tmp_path) -> None:
 
 def test_derived_graph_finds_the_checkpoint_through_its_source_onnx(tmp_path) -> None:
     """An INT8/FP16 copy names the fp32 ONNX as its source; check follows it to the checkpoint."""
-    from edge_digr.fileio import sha256_file
+    from edge_digr.core.fileio import sha256_file
 
     path = _student(tmp_path)
     model = onnx.load(str(path))

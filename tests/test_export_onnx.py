@@ -16,10 +16,10 @@ from edge_digr.checkpoint import save_checkpoint
 from edge_digr.export import (UnsupportedOpError, backward_nodes, export_checkpoint, export_forward,
                               export_fused)
 from edge_digr.export.fused import example_inputs_for
-from edge_digr.manifest import METADATA_KEY, read_onnx_manifest
+from edge_digr.core.manifest import METADATA_KEY, read_onnx_manifest
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.saliency import input_gradient, reduce_channels
-from edge_digr.tasks import TASKS, get_task
+from edge_digr.core.tasks import TASKS, get_task
 
 REL_TOL = 1e-4
 

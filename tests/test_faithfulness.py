@@ -2,7 +2,7 @@
 import numpy as np
 
 import edge_digr
-from edge_digr.evaluation import deletion, saliency_agreement
+from edge_digr.core.metrics import deletion, saliency_agreement
 
 H = W = 20
 

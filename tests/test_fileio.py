@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from edge_digr.fileio import atomic_path, write_json, write_text
+from edge_digr.core.fileio import atomic_path, write_json, write_text
 
 
 def test_failed_write_leaves_no_file_and_no_temporary(tmp_path):

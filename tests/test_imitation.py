@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from edge_digr.checkpoint import load_checkpoint
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.experts import make_expert
 from edge_digr.imitation import ImitationConfig, ImitationRun, collect_round, train_imitation
 from edge_digr.policies import PixelPolicy, PolicyConfig
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 pytest.importorskip("Box2D", reason="car-racing needs the envs extra (Box2D)")
 TASK = get_task("car-racing").with_train(max_episode_steps=6)  # short episodes: several per round

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_digr.fileio import sha256_file
+from edge_digr.core.fileio import sha256_file
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CARDS = sorted(MODELS.glob("*/MODEL_CARD.md"))

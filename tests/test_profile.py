@@ -16,11 +16,13 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 
 from edge_digr.cli import main  # noqa: E402
-from edge_digr.errors import UserError  # noqa: E402
-from edge_digr.manifest import for_task, read_onnx_manifest  # noqa: E402
+from edge_digr.core.errors import UserError  # noqa: E402
+from edge_digr.core.manifest import for_task, read_onnx_manifest  # noqa: E402
 from edge_digr.runtime.profiler import (LatencyStats, ProfileConfig, Variant, derive_forward_graph, measure,  # noqa: E402
                                         parse_ort_profile, profile, ratios)
 from runtime_fixtures import contract_onnx, exported_onnx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ProfileConfig(iterations=6, warmup=1, rounds=2, perturbation_iterations=1, layer_iterations=2,
                      progress=False)
@@ -90,7 +92,7 @@ def test_forward_graph_is_the_head_subgraph_with_identical_logits(tiny, tmp_path
 def test_profile_report_on_onnx_runtime(tiny):
     report = profile(tiny, FAST)
     assert set(report["variants"]) == {"fused", "forward", "perturbation"}
-    assert "torch_eager" in report["skipped"]  # no checkpoint next to the hand-built graph
+    assert report["skipped"] == {}  # the torch baseline is the desktop side's (benchmarks/profile_torch.py)
     fused = report["variants"]["fused"]
     assert fused["calls"] == 6 and len(fused["samples_ms"]) == 6 and fused["frames"] == 1
     assert fused["min_ms"] <= fused["p50_ms"] <= fused["p90_ms"] <= fused["p99_ms"] <= fused["max_ms"]
@@ -138,7 +140,6 @@ def test_cli_writes_json_and_cdf_plot(tiny, tmp_path):
     (["--engine", "missing.onnx"], "does not exist"),
     (["--engine", "model.txt"], "unknown model type"),
     (["--engine", "{tiny}", "--iterations", "0"], "not in the range x>=1"),
-    (["--engine", "{tiny}", "--checkpoint", "{tiny}"], "is not the checkpoint"),
 ])
 def test_cli_errors_are_one_line(tiny, tmp_path, args, message):
     (tmp_path / "model.txt").write_text("x")
@@ -150,14 +151,33 @@ def test_cli_errors_are_one_line(tiny, tmp_path, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def _profile_torch():
+    """benchmarks/profile_torch.py, where the PyTorch baseline lives (the runtime never imports torch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_torch", ROOT / "benchmarks" / "profile_torch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_profile_with_torch_baseline_on_an_exported_policy(tmp_path):
     pytest.importorskip("torch")
     fused = exported_onnx(tmp_path, "minigrid-fetch")
-    report = profile(fused, FAST)  # the checkpoint is found next to the graph
+    baseline = _profile_torch().torch_baseline(fused, iterations=FAST.iterations, warmup=FAST.warmup)
+    report = profile(fused, FAST, baselines={"torch_eager": baseline})  # the checkpoint is found next to the graph
     assert set(report["variants"]) == {"fused", "forward", "perturbation", "torch_eager"}
     assert set(report["ratios"]) == {"torch_eager_over_fused", "fused_over_forward",
                                      "perturbation_over_fused_per_frame"}
     assert report["skipped"] == {}
+
+
+def test_torch_baseline_refuses_another_checkpoint_and_skips_a_missing_one(tiny):
+    baseline = _profile_torch().torch_baseline(tiny, checkpoint=tiny)
+    manifest = read_onnx_manifest(tiny)
+    with pytest.raises(UserError, match="is not the checkpoint"):
+        baseline(manifest, {})
+    assert "no checkpoint" in _profile_torch().torch_baseline(tiny)(manifest, {})
 
 
 def test_plot_without_matplotlib_fails_before_the_run_and_names_the_extra(tiny, tmp_path, monkeypatch):
@@ -182,7 +202,7 @@ def test_deployment_modules_import_without_torch():
     assert "--perturbation-frames" in proc.stdout
 
 
-def test_profile_without_torch_skips_only_the_torch_baseline(tiny, tmp_path):
+def test_profile_runs_without_torch(tiny, tmp_path):
     code = ("import sys, json; sys.modules['torch'] = None\n"
             "from edge_digr.runtime.profiler import ProfileConfig, profile\n"
             f"r = profile({str(tiny)!r}, ProfileConfig(iterations=2, warmup=0, rounds=1, perturbation_iterations=1,"
@@ -191,8 +211,7 @@ def test_profile_without_torch_skips_only_the_torch_baseline(tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["variants"] == ["forward", "fused", "perturbation"]
-    assert "torch is not installed" in out["skipped"]["torch_eager"]
+    assert out == {"variants": ["forward", "fused", "perturbation"], "skipped": {}}
 
 
 def test_forward_graph_of_an_exported_policy_has_no_gradient_nodes(tmp_path):

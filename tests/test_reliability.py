@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from edge_digr.cli import main
-from edge_digr.errors import UserError
-from edge_digr.manifest import METADATA_KEY, Manifest, for_task
-from edge_digr.tasks import get_task
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import METADATA_KEY, Manifest, for_task
+from edge_digr.core.tasks import get_task
 from runtime_fixtures import contract_onnx
 
 CLI = [sys.executable, "-c", "from edge_digr.cli import main; main()"]
@@ -199,7 +199,7 @@ BAD_NUMBERS = [
     (["distill", "--teacher", "t.pt", "--labels", "l.npz", "--out", "s.pt", "--lam", "nan"], "not a finite"),
     (["distill", "--teacher", "t.pt", "--labels", "l.npz", "--out", "s.pt", "--temperature", "inf"], "finite"),
     (["distill", "--teacher", "t.pt", "--labels", "l.npz", "--out", "s.pt", "--epochs", "0"], "--epochs"),
-    (["calibrate", "m.onnx", "--data", "l.npz", "--out", "q.onnx", "--batch-size", "0"], "--batch-size"),
+    (["calibrate", "m.onnx", "--data", "l.npz", "--out", "q.onnx", "--batch", "0"], "--batch"),
     (["calibrate", "m.onnx", "--data", "l.npz", "--out", "q.onnx", "--holdout", "nan"], "finite"),
     (["profile", "--engine", "m.onnx", "--perturbation-batch", "0"], "--perturbation-batch"),
     (["run", "--engine", "m.onnx", "--deadline-ms", "nan"], "not a finite number"),
@@ -382,7 +382,7 @@ TORCH_FREE = (
     ["train-teacher", "--out", "t2.pt", "--steps", "10"],
     ["check", "m.onnx"],
     ["attack", "--policy", "t.pt", "--task", "minigrid-fetch", "--eps", "1"],
-    ["demo", "--out", "d", "--budget", "tiny"],
+    ["demo", "--out-dir", "d", "--budget", "tiny"],
     ["evaluate", "--policy", "t.pt", "--episodes", "1"],
 ], ids=lambda a: a[0])
 def test_the_torch_free_install_names_the_desktop_install(args, work):
@@ -527,7 +527,7 @@ def test_carla_query_values_out_of_range_are_refused(query):
 
 def test_a_carla_host_that_does_not_resolve_is_retried_then_one_line():
     pytest.importorskip("carla")
-    from edge_digr.carla_env import Backoff, connect
+    from edge_digr.core.carla_env import Backoff, connect
 
     waits = []
     with pytest.raises(UserError, match="no CARLA server answered at nosuch.invalid:2000 after 3 attempts"):

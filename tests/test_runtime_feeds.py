@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edge_digr.errors import UserError
-from edge_digr.manifest import for_task
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import for_task
 from edge_digr.runtime.feeds import EnvFeed, FeedRecorder, ReplayFeed, load_replay, open_feed, parse_carla_url
 from edge_digr.runtime.overlay import Recorder, colormap, compose, display_frame
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 
 
 def test_env_feed_uses_the_task_preprocessing():

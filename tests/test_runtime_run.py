@@ -116,7 +116,7 @@ def test_forward_only_model_cannot_record_saliency(tmp_path):
     from edge_digr.checkpoint import save_checkpoint
     from edge_digr.export import export_checkpoint
     from edge_digr.policies import PixelPolicy, PolicyConfig
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "p.pt", PixelPolicy(PolicyConfig.for_task(get_task("atari-breakout"), "edge")),

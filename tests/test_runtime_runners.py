@@ -9,10 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from edge_digr.errors import UserError
-from edge_digr.manifest import for_task, write_sidecar
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import for_task, write_sidecar
 from edge_digr.runtime import OnnxRuntimeRunner, Runner, open_runner
-from edge_digr.tasks import get_task
+from edge_digr.core.tasks import get_task
 from runtime_fixtures import contract_onnx, reference_outputs
 
 FETCH_ACTIONS = get_task("minigrid-fetch").action.n
@@ -147,7 +147,7 @@ def test_plan_without_tensorrt_installed_says_how_to_install(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["tensorrt"] = None
-        from edge_digr.errors import UserError
+        from edge_digr.core.errors import UserError
         from edge_digr.runtime import open_runner
         runner = open_runner({str(plan)!r})
         assert runner.manifest.task == "atari-breakout"
@@ -166,8 +166,8 @@ import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import edge_digr.runtime
 import edge_digr.runtime.runners, edge_digr.runtime.feeds, edge_digr.runtime.overlay
-import edge_digr.runtime.loop, edge_digr.runtime.commands, edge_digr.runtime.tensorrt_runner
-import edge_digr.carla_env
+import edge_digr.runtime.loop, edge_digr.runtime.commands, edge_digr.runtime.trt_backend
+import edge_digr.core.carla_env
 """
 
 

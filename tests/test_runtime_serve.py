@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from edge_digr.cli import main
-from edge_digr.errors import UserError
-from edge_digr.manifest import for_task
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import for_task
 from edge_digr.runtime.feeds import Frame
 from edge_digr.runtime.loop import StepResult
 from edge_digr.runtime.serve import LiveView, Playback, ServeOptions, exposure_warning, parse_address

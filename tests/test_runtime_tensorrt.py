@@ -6,10 +6,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from edge_digr.errors import UserError
-from edge_digr.manifest import for_task, write_sidecar
+from edge_digr.core.errors import UserError
+from edge_digr.core.manifest import for_task, write_sidecar
 from edge_digr.runtime import open_runner
-from edge_digr.runtime.tensorrt_runner import check_build_target
+from edge_digr.runtime.trt_backend import check_build_target
 from runtime_fixtures import contract_onnx
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
@@ -39,7 +39,7 @@ def test_matching_or_unrecorded_build_target_passes():
 
 
 def test_truncated_plan_is_refused_before_tensorrt_loads(tmp_path):
-    from edge_digr.fileio import sha256_file
+    from edge_digr.core.fileio import sha256_file
 
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine bytes " * 100)
@@ -51,26 +51,10 @@ def test_truncated_plan_is_refused_before_tensorrt_loads(tmp_path):
 
 
 def _build_plan(onnx_path, plan_path, max_batch=4):
-    import tensorrt as trt
+    from edge_digr.runtime.engine_build import BatchProfile, BuildOptions
+    from edge_digr.runtime.trt_backend import build_engine
 
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else \
-        1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(onnx_path.read_bytes()), [parser.get_error(i) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        rest = tuple(tensor.shape)[1:]
-        profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
-    config.add_optimization_profile(profile)
-    plan_path.write_bytes(bytes(builder.build_serialized_network(network, config)))
-    manifest = for_task("atari-breakout")
-    manifest.extra.update(tensorrt=trt.__version__)
-    write_sidecar(plan_path, manifest)
+    build_engine(BuildOptions(onnx=onnx_path, out=plan_path, batch=BatchProfile(1, 1, max_batch)), log=lambda _: None)
     return plan_path
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_digr.perturbation import (PerturbationConfig, gaussian_blur, gaussian_masks, perturbation_saliency,
+from edge_digr.core.perturbation import (PerturbationConfig, gaussian_blur, gaussian_masks, perturbation_saliency,
                                     upsample_grid)
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.saliency import Perturbation, Saliency, input_gradient

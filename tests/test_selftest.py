@@ -7,14 +7,14 @@ from click.testing import CliRunner
 
 from edge_digr.calibration.fidelity import Fidelity
 from edge_digr.cli import main
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 from edge_digr.runtime.runners import OnnxRuntimeRunner
-from edge_digr.runtime.selftest import TOLERANCES, engine_batch, judge, selftest
+from edge_digr.calibration.selftest import TOLERANCES, engine_batch, judge, selftest
 
 onnx = pytest.importorskip("onnx")
 from test_calibration_quantize import toy_frames, toy_fused  # noqa: E402
 
-from edge_digr.calibration.frames import save_frames  # noqa: E402
+from edge_digr.core.frames import save_frames  # noqa: E402
 from edge_digr.calibration.quantize import quantize_qdq  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def test_selftest_command_bad_input(tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
                     reason="checks the install hint shown where tensorrt is missing")
 def test_selftest_of_a_plan_without_tensorrt_gives_the_install_hint(tmp_path):
-    from edge_digr.manifest import read_onnx_manifest, write_sidecar
+    from edge_digr.core.manifest import read_onnx_manifest, write_sidecar
 
     toy_fused(tmp_path / "toy.onnx")
     (tmp_path / "toy.plan").write_bytes(b"not really a plan")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edge_digr.tasks import MINIGRID_ENV_ID, MINIGRID_TILE, get_task
+from edge_digr.core.tasks import MINIGRID_ENV_ID, MINIGRID_TILE, get_task
 
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("minigrid")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 
 
 class Expert(Protocol):

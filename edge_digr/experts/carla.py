@@ -1,7 +1,7 @@
 """Privileged CARLA expert: lane following on the map's waypoints, PID on heading error and speed.
 
 Written to the carla 0.9.16 client API (`carla.Map.get_waypoint`, `carla.Waypoint.next`,
-`Actor.get_transform`/`get_velocity`) against `edge_digr.carla_env.CarlaLaneEnv`. **It has not run
+`Actor.get_transform`/`get_velocity`) against `edge_digr.core.carla_env.CarlaLaneEnv`. **It has not run
 against a CARLA server** (none runs where it was written); the controller maths below are plain
 functions of poses and points and are tested on recorded values.
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
-from edge_digr.errors import UserError
+from edge_digr.core.errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, write_json
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, write_json
 
 FORMAT = "edge-digr/manifest@1"
 METADATA_KEY = "edge_digr"
@@ -130,7 +130,7 @@ def schema_problem(data: Dict[str, Any]) -> Optional[str]:
 
 def for_task(task_name: str, batch: int = -1, **fields: Any) -> Manifest:
     """The manifest of a fused graph for a registered task (inputs and outputs follow the contract)."""
-    from edge_digr.tasks import get_task
+    from edge_digr.core.tasks import get_task
 
     task = get_task(task_name)
     h, w = task.obs_shape[1:]

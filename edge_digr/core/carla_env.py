@@ -2,7 +2,7 @@
 
 One ego vehicle with a front RGB camera, a collision sensor and a lane-invasion sensor, in synchronous
 mode (the client ticks the world, so every action gets exactly one frame). Observation: the camera image
-as RGB uint8 (H, W, 3) — `edge_digr.tasks` turns it into the policy's CHW input with the same function
+as RGB uint8 (H, W, 3) — `edge_digr.core.tasks` turns it into the policy's CHW input with the same function
 as every other RGB task. Action: continuous (steer in [-1, 1], throttle in [0, 1]).
 
 Reward (per step): progress along the lane, ``speed_along_lane / target_speed`` scaled by how close the
@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import gymnasium as gym
 import numpy as np
 
-from edge_digr.errors import UserError, missing_dependency
+from edge_digr.core.errors import UserError, missing_dependency
 
 COLLISION_PENALTY = -10.0
 LANE_INVASION_PENALTY = -5.0

@@ -7,13 +7,14 @@ held to a tolerance that depends on the engine's precision. Torch-free.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from edge_digr.calibration.fidelity import Fidelity, collect_outputs, compare_outputs
-from edge_digr.calibration.frames import Frames
-from edge_digr.errors import UserError
+from edge_digr.core.frames import Frames
+from edge_digr.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,37 @@ def engine_batch(manifest: Any) -> int:
     """The largest batch the engine's optimisation profile takes (1 for an ONNX or an unknown profile)."""
     batch = manifest.extra.get("batch")
     return int(batch[2]) if isinstance(batch, (list, tuple)) and len(batch) == 3 else 1
+
+
+@dataclass
+class SelftestRun:
+    onnx: Path  # the reference graph
+    frames: int
+    result: SelftestResult
+
+
+def selftest_files(engine_path: Path, onnx_path: Optional[Path] = None, data: Optional[Path] = None,
+                   n_frames: int = 64, seed: int = 0) -> SelftestRun:
+    """`edge-digr selftest`: the engine file against its reference ONNX on ONNX Runtime's CPU provider.
+
+    The reference defaults to the ONNX the engine's manifest names, next to it; the frames are the first
+    `n_frames` of `data`, or random frames of the model's shapes (fine for fp32/fp16; INT8 scales fit real
+    frames only)."""
+    from edge_digr.core.frames import load_frames
+    from edge_digr.runtime.profiler import random_feed
+    from edge_digr.runtime.runners import OnnxRuntimeRunner, open_runner
+
+    engine = open_runner(engine_path)
+    if onnx_path is None:
+        if not engine.manifest.source.endswith(".onnx"):
+            raise UserError(f"{engine_path}'s manifest does not name the ONNX it was built from; "
+                            "pass --onnx MODEL.onnx")
+        onnx_path = engine_path.parent / engine.manifest.source
+    reference = OnnxRuntimeRunner(onnx_path, providers=["CPUExecutionProvider"])
+    if data is not None:
+        frames = load_frames(data, reference.manifest.inputs).take(slice(0, n_frames))
+    else:
+        frames = Frames(random_feed(reference.manifest, n_frames, seed))
+    with engine, reference:
+        result = selftest(engine, reference, frames, batch_size=engine_batch(engine.manifest))
+    return SelftestRun(Path(onnx_path), len(frames), result)

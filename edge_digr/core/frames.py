@@ -15,8 +15,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from edge_digr.errors import UserError
-from edge_digr.fileio import PathLike, write_bytes
+from edge_digr.core.errors import UserError
+from edge_digr.core.fileio import PathLike, write_bytes
 
 # [{"name": str, "shape": [batch, ...] with -1 (or None) for a dynamic dimension}], as in Manifest.inputs
 InputSpecs = Sequence[Mapping[str, Any]]
@@ -63,7 +63,7 @@ class Frames:
 
 def model_inputs(onnx_path: PathLike) -> List[Dict[str, Any]]:
     """The input specs of an ONNX graph: its edge-digr manifest's, else the graph's own (ONNX Runtime)."""
-    from edge_digr.manifest import read_onnx_manifest
+    from edge_digr.core.manifest import read_onnx_manifest
 
     manifest = read_onnx_manifest(onnx_path)
     if manifest is not None:
