@@ -6,7 +6,8 @@ provenance.json (written by whoever ran the commands, never by hand-copied numbe
     {"task": "...", "machine": "...", "date": "...", "commit": "...",
      "files": {"teacher.pt": "edge-digr train-teacher ...", ...},          # the command that made each file
      "data": "...",                                                        # what the policies were trained on
-     "evaluations": {"teacher": "runs/.../teacher.json", ...},             # `edge-digr evaluate --json` outputs
+     "evaluations": {"teacher": "runs/.../teacher.json", ...},             # `edge-digr evaluate --json` outputs,
+                                                  # or "runs/.../metrics.json#digr": one policy of a demo's metrics
      "notes": ["...", ...]}
 tests/test_models.py checks every file against the sha256 written here.
 """
@@ -16,15 +17,22 @@ import argparse
 import json
 from pathlib import Path
 
-from edge_digr.fileio import sha256_file, write_text
+from edge_digr.core.fileio import sha256_file, write_text
 
 METRICS = [("return", "return"), ("return_std", "± std"), ("episodes", "episodes"),
            ("saliency_pearson", "Pearson vs teacher perturbation"), ("saliency_iou_top10", "top-10 % IoU"),
-           ("pointing", "pointing")]
+           ("pointing", "pointing"), ("deletion_gain", "deletion gain (own map vs random pixels)")]
+
+
+def read_evaluation(ref: str) -> dict:
+    """An evaluate --json file, or `FILE#KEY`: the KEY entry of a JSON file (a demo's metrics.json)."""
+    path, _, key = ref.partition("#")
+    data = json.loads(Path(path).read_text())
+    return data[key] if key else data
 
 
 def render(folder: Path, prov: dict) -> str:
-    evals = {name: json.loads(Path(path).read_text()) for name, path in prov.get("evaluations", {}).items()}
+    evals = {name: read_evaluation(ref) for name, ref in prov.get("evaluations", {}).items()}
     lines = [f"# {prov['task']} models", "",
              f"Made {prov['date']} at commit `{prov['commit']}` on {prov['machine']}.", "",
              "## Files", "", "| file | bytes | sha256 | made by |", "| --- | --- | --- | --- |"]
