@@ -260,7 +260,7 @@ TASKS: Dict[str, Task] = {
         # lr 1e-3, 10 epochs and gamma 0.95 ground the mission in ~100k steps; SB3's defaults had not
         # left chance level (~50 % success) by 150k. 250k steps give >= 0.9 greedy success
         # (docs/RESULTS.md, "Teacher"). Five DAgger rounds, not three: with three, seed 0's students kept
-        # 92.9 % (DIGR) and 93.9 % (plain) of the teacher's return, with five 95.9 % and 95.9 % (RESULTS,
+        # 92.8 % (DIGR) and 93.8 % (plain) of the teacher's return, with five 95.9 % and 95.9 % (RESULTS,
         # "The shipped minigrid-fetch models").
         train=TrainSpec(teacher_steps=250_000, n_envs=8, n_steps=128, batch_size=256, n_epochs=10,
                         learning_rate=1e-3, ent_coef=0.01, gamma=0.95, label_frames=8000, distill_epochs=30,
