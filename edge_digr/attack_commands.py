@@ -24,7 +24,7 @@ import numpy as np
 from edge_digr.errors import UserError
 from edge_digr.evaluation import EVAL_SEED
 from edge_digr.fileio import atomic_path, check_writable, write_json, write_text
-from edge_digr.params import positive_float
+from edge_digr.params import device_option, positive_float, resolve_device
 from edge_digr.tasks import TASKS
 
 ATTACK_NAMES = ("fgsm", "pgd", "noise", "mad")  # edge_digr.attacks.ATTACKS, without importing torch
@@ -108,12 +108,12 @@ def load_attackable(path: str, task_name: str):
 
 
 @lru_cache(maxsize=None)
-def _cached_policy(path: str, task_name: str):
-    return load_attackable(path, task_name)
+def _cached_policy(path: str, task_name: str, device: str = "cpu"):
+    return load_attackable(path, task_name).to(resolve_device(device))
 
 
 def run_point(point: Tuple[str, str, Any], task: str, episodes: int, seed: int,
-              max_steps: Optional[int]) -> Dict[str, float]:
+              max_steps: Optional[int], device: str = "cpu") -> Dict[str, float]:
     """Episode summary of one (label, file, attack config or None for clean) point; runs in workers too."""
     import torch
 
@@ -126,7 +126,7 @@ def run_point(point: Tuple[str, str, Any], task: str, episodes: int, seed: int,
     torch.set_num_threads(1)
     try:
         _, path, config = point
-        return attacked_rollout(_cached_policy(path, task), get_task(task), config, episodes, seed,
+        return attacked_rollout(_cached_policy(path, task, device), get_task(task), config, episodes, seed,
                                 max_steps).summary()
     finally:
         torch.set_num_threads(threads)
@@ -279,10 +279,11 @@ def write_sweep(result: Dict[str, Any], records: List[Record], entries: List[Ent
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Sweep output folder (table, JSON, plot) [default: attack-<task>].")
+@device_option
 def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optional[str], task: Optional[str],
            attack_text: str, eps_text: Optional[str], episodes: int, seed: int, steps: int,
            step_size: Optional[float], random_start: bool, max_steps: Optional[int], workers: int,
-           json_path: Optional[str], out_dir: Optional[str]) -> None:
+           json_path: Optional[str], out_dir: Optional[str], device: str) -> None:
     """Return of a policy under white-box observation attacks at every step (ε in pixels, 0-255)."""
     from tqdm import tqdm
 
@@ -312,11 +313,11 @@ def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optio
     except ValueError as exc:
         raise UserError(str(exc)) from None
     for f in {f for entry in entries for f in entry.files}:
-        _cached_policy(f, task)  # refuse bad files before any rollout starts
+        _cached_policy(f, task, device)  # refuse bad files (and a missing CUDA) before any rollout starts
     # None = the clean rollout: in a sweep it is every curve's ε = 0 point.
     plan: List[Optional[AttackConfig]] = ([None] if sweep else []) + configs
     points = [(entry.label, f, cfg) for entry in entries for f in entry.files for cfg in plan]
-    job = partial(run_point, task=task, episodes=episodes, seed=seed, max_steps=max_steps)
+    job = partial(run_point, task=task, episodes=episodes, seed=seed, max_steps=max_steps, device=device)
     bar = dict(total=len(points), desc=f"attack {task}", unit="point")
     if workers == 1:
         summaries = [job(p) for p in tqdm(points, **bar)]
