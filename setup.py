@@ -51,7 +51,7 @@ setup(
         "calibrate": ["onnx>=1.14"],  # INT8 QDQ quantization (onnxruntime.quantization needs onnx)
         "carla": ["carla==0.9.16"],
         # Scale-out: `label --ray` and the study scripts' --ray (docs/scale-out.md); never on the Jetson.
-        "ray": ["ray==2.60.0"],
+        "ray": ["ray[client]==2.60.0"],  # [client]: grpcio, for ray://HOST:10001 addresses
         "profile": ["onnx>=1.14", "matplotlib>=3.5"],  # forward-only graph derivation, latency CDF plot
     },
     entry_points={"console_scripts": ["edge-digr=edge_digr.cli:main"]},

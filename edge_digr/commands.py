@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from edge_digr.fileio import check_writable
 from edge_digr.params import FiniteFloat, device_option, positive_float, ray_option, resolve_device
 from edge_digr.tasks import TASKS
+
+if TYPE_CHECKING:  # annotations only: the commands import torch inside, so that --help stays torch-free
+    import torch
 
 DEFAULT_TASK = "minigrid-fetch"
 task_option = click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default=None,
@@ -19,10 +22,10 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 
 
-def _teacher(path: str, task_name: str, device: str = "cpu"):
+def _teacher(path: str, task_name: str, device: Optional[torch.device] = None):
     from edge_digr.checkpoint import load_policy
 
-    return load_policy(path, task=task_name).to(resolve_device(device))
+    return load_policy(path, task=task_name).to(device or "cpu")
 
 
 def resumed_task(out: Path) -> Optional[str]:
@@ -121,7 +124,7 @@ def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride:
         from edge_digr.ray_jobs import import_ray
 
         import_ray()  # the install hint now, not after the rollouts
-    run_label(_teacher(teacher, task_name, device), task, n, seed, out,
+    run_label(_teacher(teacher, task_name, resolve_device(device)), task, n, seed, out,
               PerturbationConfig(stride, mask_sigma, blur_sigma), progress=not quiet, ray_address=ray_address,
               ray_chunk=ray_chunk)
     click.echo(f"wrote {out} ({n} frames)")
@@ -175,6 +178,7 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     are averaged (gloo on CPU, nccl on CUDA): the same global batch as one process; rank 0 writes."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.distill import DistillConfig, distill as run
+    from edge_digr.distributed import Distributed
     from edge_digr.labels import load_labels, split
     from edge_digr.tasks import get_task
 
@@ -185,11 +189,9 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
                                  penalty_target=penalty_target, penalty_norm=penalty_norm, temperature=temperature,
                                  arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
-    from edge_digr.distributed import Distributed
-
-    dist = Distributed.from_env()
+    dist = Distributed.from_env()  # torchrun's process, or a single one
     torch_device = resolve_device(device, dist.local_rank)
-    run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name, device),
+    run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name, torch_device),
         device=torch_device, dist=dist)
     if dist.is_main:
         click.echo(f"wrote {out}")

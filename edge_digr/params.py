@@ -7,9 +7,12 @@ so that `--lam nan` or `--fps inf` is a usage error (exit 2) instead of a NaN wr
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
+
+if TYPE_CHECKING:  # annotations only: resolve_device imports torch when called (the Jetson has none)
+    import torch
 
 
 class FiniteFloat(click.FloatRange):
@@ -34,14 +37,15 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 
 # `--ray` alone starts a local Ray instance on this machine's cores ("local" is ray.init's own word for it);
 # `--ray auto` joins the cluster this machine belongs to; `--ray ray://HOST:10001` a remote one.
-ray_option = click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+RAY_LOCAL = "local"
+ray_option = click.option("--ray", "ray_address", is_flag=False, flag_value=RAY_LOCAL, default=None,
                           metavar="[ADDRESS]",
                           help="Run the perturbation maps as Ray tasks: alone, a local Ray instance on this "
                                "machine's cores; `auto` or `ray://HOST:10001`, an existing cluster "
                                "(needs the ray extra).")
 
 
-def resolve_device(name: str, local_rank: int = 0) -> "torch.device":  # noqa: F821 (torch is imported lazily)
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The torch device for `--device NAME`; under torchrun, CUDA device `local_rank` (one GPU per process)."""
     import torch
 

@@ -12,10 +12,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_digr.errors import UserError, missing_dependency
+from edge_digr.params import RAY_LOCAL as LOCAL
 from edge_digr.perturbation import PerturbationConfig
 
 MAX_RETRIES = 3  # attempts after a worker dies (a lost node, an OOM kill); Ray re-runs the task elsewhere
-LOCAL = "local"  # ray.init's word for "start a new instance on this machine"
 
 
 def import_ray() -> Any:
@@ -36,7 +36,7 @@ def connect(address: str) -> Any:
     options = dict(include_dashboard=False) if address == LOCAL else {}
     try:
         ray.init(address=address, log_to_driver=False, **options)
-    except ConnectionError as exc:
+    except (ConnectionError, ValueError) as exc:  # ValueError: a malformed address, or ray:// without ray[client]
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--ray {address}: no Ray cluster there ({first}); start one with `ray start --head` "
                         "or pass --ray alone for a local instance") from None
@@ -122,6 +122,13 @@ def ray_perturbation_maps(policy: Any, names: Sequence[str], data: Dict[str, np.
 
 
 # ---------------------------------------------------------------------------------------- study jobs
+def add_ray_arguments(parser: Any, jobs: str, cpus: float) -> None:
+    """The study scripts' `--ray [ADDRESS]` and `--cpus-per-job` (argparse), defined once."""
+    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                        help=f"Run the {jobs} as Ray tasks (alone: a local instance; auto, ray://HOST:10001).")
+    parser.add_argument("--cpus-per-job", type=float, default=cpus, help="CPUs Ray reserves for each job.")
+
+
 def run_jobs(job: Callable[..., Any], configs: Sequence[Dict[str, Any]], address: Optional[str],
              num_cpus: float = 1, progress: bool = True) -> Tuple[List[Any], List[Tuple[Dict[str, Any], str]]]:
     """(results, failures): `job(**config)` for every config, as Ray tasks needing `num_cpus` each when

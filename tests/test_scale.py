@@ -30,7 +30,7 @@ DDP_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster found here
     yield ray
     ray.shutdown()
 
@@ -261,3 +261,23 @@ def test_torchrun_two_processes_follow_one_and_resume(teacher, tmp_path, monkeyp
     _torchrun(2, _distill_args(path, labels, out, 2) + ["--resume"], tmp_path)
     assert not Path(f"{out}.resume.pt").exists()
     _assert_same_student(tmp_path / "one.pt", out)
+
+
+def test_seed_study_on_ray_reports_a_failed_seed_and_keeps_the_others(tmp_path):
+    """Seed 1's demo is already done (its metrics.json is reused); seed 0's output folder is a file, so
+    its demo fails at once: the study names it and still prints the table of seed 1."""
+    import json
+
+    row = {"return": 1.0, "success": 1.0, "saliency_pearson": 0.5, "saliency_iou_top10": 0.2, "pointing": 0.3}
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "metrics.json").write_text(json.dumps(
+        {"teacher": row, "digr": row, "plain": row, "seed": 1,
+         "time_ms": {"gradient": 1.0, "perturbation": 100.0, "speedup": 100.0}}))
+    (tmp_path / "seed0").write_text("not a folder")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "digr_seeds.py"
+    result = subprocess.run([sys.executable, str(script), "--seeds", "0,1", "--root", str(tmp_path),
+                             "--modes", "digr,plain", "--ray", "--cpus-per-job", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "failed: task minigrid-fetch seed 0 modes digr,plain" in result.stderr
+    assert "| digr | 1.000 ± 0.000" in result.stdout
