@@ -139,8 +139,8 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
     """Train a student on labelled frames; checkpoints every epoch to `<out>.resume.pt` for --resume.
 
     On `device` (default CPU); under torchrun (`dist`), each process takes its share of every global batch
-    of `cfg.batch_size` frames and the gradients are summed over processes (edge_digr.distributed), so the
-    run follows the single process's up to float rounding; only rank 0 writes files.
+    of `cfg.batch_size` frames and DDP averages the gradients over processes (edge_digr.distributed), so
+    the run follows the single process's up to float rounding; only rank 0 writes files.
 
     With `cfg.dagger_rounds`, the student is rolled out during training and the frames it visits are
     labelled by `teacher` (outputs and perturbation maps) and added to the training set (DAgger), so the

@@ -98,7 +98,7 @@ class Distributed:
         if not self.active:
             return [(order[i:i + batch_size], len(order[i:i + batch_size])) for i in range(0, n, batch_size)]
         sampler = DistributedSampler(order, num_replicas=self.world_size, rank=self.rank, shuffle=False)
-        positions = np.asarray(list(sampler))[:len(range(self.rank, n, self.world_size))]
+        positions = np.asarray(list(sampler), dtype=np.int64)[:len(range(self.rank, n, self.world_size))]
         local = batch_size // self.world_size
         return [(order[positions[k * local:(k + 1) * local]], min(batch_size, n - k * batch_size))
                 for k in range(math.ceil(n / batch_size))]
