@@ -46,11 +46,13 @@ setup(
         "envs": ENVS,
         "train": TRAIN,
         # The CARLA client runs the reconnect tests against real sockets; its wheels are x86_64 Linux/Windows.
-        "test": ["pytest>=7", "hypothesis>=6.80", "onnx>=1.16",
+        "test": ["pytest>=7", "hypothesis>=6.80", "onnx>=1.16", "ray==2.60.0",
                  "carla==0.9.16; platform_machine == 'x86_64' and platform_system != 'Darwin'"],
         "trt": ["tensorrt", "pycuda"],
         "calibrate": ["onnx>=1.14"],  # INT8 QDQ quantization (onnxruntime.quantization needs onnx)
         "carla": ["carla==0.9.16"],
+        # Scale-out: `label --ray` and the study scripts' --ray (docs/scale-out.md); never on the Jetson.
+        "ray": ["ray[client]==2.60.0"],  # [client]: grpcio, for ray://HOST:10001 addresses
         "profile": ["onnx>=1.14", "matplotlib>=3.5"],  # forward-only graph derivation, latency CDF plot
     },
     entry_points={"console_scripts": ["edge-digr=edge_digr.cli:main"]},

@@ -4,6 +4,10 @@
 
 Each seed's folder is reused if its metrics.json exists (so an interrupted sweep resumes). Prints a
 markdown table (mean ± std over seeds) and the per-seed DIGR − plain margins, and writes them as JSON.
+
+`--ray [ADDRESS]` runs each seed's demo as a Ray task needing `--cpus-per-job` CPUs (alone: a local Ray
+instance; `auto` or `ray://HOST:10001`: an existing cluster, whose workers must see --root at the same
+path). A seed that fails is reported with its configuration; the table is made from the seeds that finished.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+
+from edge_digr.ray_jobs import add_ray_arguments, run_jobs
 
 ROWS = ("teacher", "digr", "plain", "igr")
 COLS = ("return", "success", "saliency_pearson", "saliency_iou_top10", "pointing")
@@ -68,13 +74,22 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/minigrid-fetch"))
     parser.add_argument("--modes", default="digr,plain,igr")
     parser.add_argument("--json", type=Path, default=None, help="Write the aggregate here.")
+    add_ray_arguments(parser, "seeds' demos", cpus=2)
     args = parser.parse_args()
-    runs = [run_seed(args.task, int(s), args.root, args.modes) for s in args.seeds.split(",")]
-    agg = aggregate(runs)
-    print(render(agg))
-    if args.json:
-        from edge_digr.core.fileio import write_json
-        write_json(args.json, agg)
+    configs = [dict(task=args.task, seed=int(s), root=args.root, modes=args.modes) for s in args.seeds.split(",")]
+    results, failures = run_jobs(run_seed, configs, args.ray, args.cpus_per_job)
+    for config, reason in failures:
+        print(f"failed: task {config['task']} seed {config['seed']} modes {config['modes']}: {reason}",
+              file=sys.stderr)
+    runs = [r for r in results if r is not None]
+    if runs:
+        agg = aggregate(runs)
+        print(render(agg))
+        if args.json:
+            from edge_digr.core.fileio import write_json
+            write_json(args.json, agg)
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,18 @@ logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target); `
 penalises the share of the gradient's energy in A rather than its size; `--rules soft:0` weights every
 pixel by 1 − S/max S (the threshold is unused). `--strips DIR` draws each configuration's gradient maps
 beside the demo's plain and DIGR students on the demo's sample frames (DIR/<config>_<i>.png).
+
+`--ray [ADDRESS]` runs each (rule, λ) configuration as a Ray task needing `--cpus-per-job` CPUs (alone: a
+local Ray instance; `auto` or `ray://HOST:10001`: an existing cluster, whose workers must see --run at the
+same path). A configuration that fails is reported with its options; the others' rows are still printed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 from edge_digr.checkpoint import load_checkpoint
 from edge_digr.demo import COLUMNS, write_strips
@@ -22,6 +28,33 @@ from edge_digr.distill import DistillConfig, distill
 from edge_digr.labels import load_labels, split
 from edge_digr.metrics import evaluate_policy, open_policy
 from edge_digr.core.tasks import get_task
+from edge_digr.ray_jobs import add_ray_arguments, run_jobs
+
+
+def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float, penalty_target: str,
+               penalty_norm: str, episodes: int, seed: int, strips: Optional[Path]) -> Dict[str, Any]:
+    """Distil (unless already there) and evaluate one configuration; its row of the table."""
+    task = get_task(task_name)
+    labels = run / "labels.npz"
+    train, test = split(load_labels(labels, task))
+    mode = "plain" if lam == 0 else "digr"
+    variant = "" if mode == "plain" else "".join(
+        f"_{v}" for v, default in ((penalty_target, "logp"), (penalty_norm, "none")) if v != default)
+    out = run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
+    if not out.exists():
+        teacher, _ = load_checkpoint(run / "teacher.pt")
+        cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=rule, mask_threshold=float(threshold),
+                                     penalty_target=penalty_target, penalty_norm=penalty_norm)
+        distill(task, train, cfg, out, progress=False, teacher=teacher)
+    policy = open_policy(str(out), task)
+    m = evaluate_policy(policy, task, episodes, str(labels), seed, progress=False)
+    if strips:
+        strips.mkdir(parents=True, exist_ok=True)
+        demo_students = {name: open_policy(str(run / f"student_{name}.pt"), task) for name in ("plain", "digr")}
+        write_strips({**demo_students, out.stem: policy}, task, test, strips, {**COLUMNS, out.stem: out.stem},
+                     prefix=out.stem)
+    return {"rule": rule, "threshold": float(threshold), "lam": lam, "target": penalty_target, "norm": penalty_norm,
+            **m}
 
 
 def main() -> None:
@@ -36,42 +69,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strips", type=Path, default=None, help="folder for strips: frame | teacher | plain | "
                                                                     "DIGR | this configuration")
+    add_ray_arguments(parser, "configurations", cpus=1)
     args = parser.parse_args()
 
-    task = get_task(args.task)
-    labels = args.run / "labels.npz"
-    train, test = split(load_labels(labels, task))
-    teacher, _ = load_checkpoint(args.run / "teacher.pt")
-    rows = []
-    if args.strips:
-        args.strips.mkdir(parents=True, exist_ok=True)
-    demo_students = {mode: open_policy(str(args.run / f"student_{mode}.pt"), task)
-                     for mode in ("plain", "digr")} if args.strips else {}
-    for rule_spec in args.rules.split(","):
-        rule, threshold = rule_spec.split(":")
-        for lam in (float(x) for x in args.lams.split(",")):
-            mode = "plain" if lam == 0 else "digr"
-            variant = "" if mode == "plain" else "".join(
-                f"_{v}" for v, default in ((args.penalty_target, "logp"), (args.penalty_norm, "none")) if v != default)
-            out = args.run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
-            if not out.exists():
-                cfg = DistillConfig.for_task(task, mode, args.seed, lam=lam, mask_rule=rule,
-                                             mask_threshold=float(threshold), penalty_target=args.penalty_target,
-                                             penalty_norm=args.penalty_norm)
-                distill(task, train, cfg, out, progress=False, teacher=teacher)
-            policy = open_policy(str(out), task)
-            m = evaluate_policy(policy, task, args.episodes, str(labels), args.seed, progress=False)
-            if args.strips:
-                write_strips({**demo_students, out.stem: policy}, task, test, args.strips,
-                             {**COLUMNS, out.stem: out.stem}, prefix=out.stem)
-            rows.append({"rule": rule, "threshold": float(threshold), "lam": lam, "target": args.penalty_target,
-                         "norm": args.penalty_norm, **m})
-            print(json.dumps(rows[-1]), flush=True)
+    configs = [dict(run=args.run, task_name=args.task, rule=rule, threshold=threshold, lam=float(lam),
+                    penalty_target=args.penalty_target, penalty_norm=args.penalty_norm, episodes=args.episodes,
+                    seed=args.seed, strips=args.strips)
+               for rule, threshold in (spec.split(":") for spec in args.rules.split(","))
+               for lam in args.lams.split(",")]
+    results, failures = run_jobs(run_config, configs, args.ray, args.cpus_per_job)
+    rows = [r for r in results if r is not None]
+    for row in rows:
+        print(json.dumps(row), flush=True)
     cols = ["return", "success", "saliency_pearson", "saliency_iou_top10", "pointing"]
     print("\n| rule | λ | " + " | ".join(cols) + " |\n|" + " --- |" * (len(cols) + 2))
     for r in rows:
         print(f"| {r['rule']} {r['threshold']:g} | {r['lam']:g} | " +
               " | ".join(f"{r[c]:.3f}" for c in cols if c in r) + " |")
+    for config, reason in failures:
+        print(f"failed: rule {config['rule']}:{config['threshold']} λ {config['lam']:g}: {reason}", file=sys.stderr)
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import click
 
 from edge_digr.core.fileio import check_writable, write_json
 from edge_digr.core.options import option
-from edge_digr.core.params import positive_float
+from edge_digr.core.params import device_option, positive_float
 from edge_digr.core.tasks import TASKS
 from edge_digr.evaluation import EVAL_SEED
 from edge_digr.robustness import ATTACK_NAMES, AttackRun, run_attacks
@@ -43,10 +43,11 @@ from edge_digr.robustness import ATTACK_NAMES, AttackRun, run_attacks
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @option("--out-dir", old=["--out"], type=click.Path(file_okay=False),
         help="Sweep output folder (table, JSON, plot) [default: attack-<task>].")
+@device_option
 def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optional[str], task: Optional[str],
            attack_text: str, eps_text: Optional[str], episodes: int, seed: int, pgd_steps: int,
            step_size: Optional[float], random_start: bool, max_steps: Optional[int], workers: int,
-           json_path: Optional[str], out_dir: Optional[str]) -> None:
+           json_path: Optional[str], out_dir: Optional[str], device: str) -> None:
     """Return of a policy under white-box observation attacks at every step (ε in pixels, 0-255)."""
     if json_path:
         check_writable(json_path, inputs=[policy_path], option="--json")
@@ -55,7 +56,7 @@ def attack(policy_path: Optional[str], compare: Optional[str], merge_text: Optio
     result, lines = run_attacks(AttackRun(
         policy=policy_path, compare=compare, merge=merge_text, task=task, attacks=attack_text, eps=eps_text,
         episodes=episodes, seed=seed, pgd_steps=pgd_steps, step_size=step_size, random_start=random_start,
-        max_steps=max_steps, workers=workers, out_dir=out_dir))
+        max_steps=max_steps, workers=workers, out_dir=out_dir, device=device))
     for line in lines:
         click.echo(line)
     if json_path:

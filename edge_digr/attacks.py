@@ -163,6 +163,6 @@ def attacked_rollout(policy: PixelPolicy, task: Task, config: Optional[AttackCon
         attack = ObservationAttack(policy, config)
 
         def hook(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-            return {**inputs, "obs": attack(policy.inputs_from(inputs)).numpy()}
+            return {**inputs, "obs": attack(policy.inputs_from(inputs)).cpu().numpy()}
 
     return rollout(torch_head(policy), task, episodes, seed=seed, max_steps=max_steps, obs_hook=hook)

@@ -25,9 +25,21 @@ def save_checkpoint(path: PathLike, policy: PixelPolicy, task: str, role: str, *
     """Write `path` atomically. `info` must be JSON-able (it is checked here, not at load time)."""
     config = {"task": task, "role": role, "policy": policy.cfg.to_dict(), **info}
     json.dumps(config)  # fail now on anything that would not survive weights_only loading
-    state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+    state = to_cpu(policy.state_dict())
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "config": config, "state_dict": state}, tmp)
+
+
+def to_cpu(obj: Any) -> Any:
+    """`obj` (a state dict, an optimizer's, nested dicts/lists of tensors) with every tensor on the CPU:
+    what is saved never depends on the device it was trained on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def _torch_load(source: Any, origin: str) -> Any:

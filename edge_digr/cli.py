@@ -74,3 +74,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="edge-digr")
 def main() -> None:
     """edge-digr: DIGR policies with fused logits + saliency, from training to the Jetson."""
+
+
+if __name__ == "__main__":  # `python -m edge_digr.cli ...`, as torchrun and the study scripts start it
+    main()

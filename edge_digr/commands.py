@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from edge_digr.core.fileio import check_writable
 from edge_digr.core.options import option
-from edge_digr.core.params import FiniteFloat, positive_float
+from edge_digr.core.params import FiniteFloat, device_option, positive_float, ray_option
 from edge_digr.core.tasks import TASKS
+
+if TYPE_CHECKING:  # annotations only: the commands import torch inside, so that --help stays torch-free
+    import torch
 
 DEFAULT_TASK = "minigrid-fetch"
 task_option = click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default=None,
@@ -20,10 +23,10 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 
 
-def _teacher(path: str, task_name: str):
+def _teacher(path: str, task_name: str, device: Optional[torch.device] = None):
     from edge_digr.checkpoint import load_policy
 
-    return load_policy(path, task=task_name)
+    return load_policy(path, task=task_name).to(device or "cpu")
 
 
 def resumed_task(out: Path) -> Optional[str]:
@@ -55,15 +58,18 @@ def resumed_task(out: Path) -> Optional[str]:
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint next to --out.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads for the network updates (more help the Atari-size nets, not minigrid's).")
+@device_option
 @seed_option
 @quiet_option
 def train_teacher(task_name: str, out: str, method: Optional[str], steps: Optional[int], rounds: Optional[int],
                   updates_per_round: Optional[int], n_envs: Optional[int], subprocess: bool, checkpoint_every: int, resume: bool, threads: int,
-                  seed: int, quiet: bool) -> None:
+                  device: str, seed: int, quiet: bool) -> None:
     """Train a teacher, by PPO or by DAgger imitation of a privileged expert, and write it as a checkpoint."""
     from edge_digr.core.tasks import get_task
+    from edge_digr.devices import resolve_device
 
     check_writable(out)
+    torch_device = resolve_device(device)
     if task_name is None:  # a resumed run is of the task its progress record names
         task_name = (resumed_task(Path(out)) if resume else None) or DEFAULT_TASK
     task = get_task(task_name)
@@ -74,7 +80,8 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 
         expert = make_expert(task.name)
         config = ImitationConfig.for_task(task, steps, seed, rounds=rounds, updates_per_round=updates_per_round)
-        train_imitation(task, expert, ImitationRun(Path(out), config, threads, progress=not quiet), resume=resume)
+        train_imitation(task, expert, ImitationRun(Path(out), config, threads, progress=not quiet, device=torch_device),
+                        resume=resume)
         click.echo(f"wrote {out} ({config.rounds} DAgger rounds, {config.rounds * config.steps_per_round} steps)")
         return
     if rounds is not None or updates_per_round is not None:
@@ -82,7 +89,7 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
     from edge_digr.teacher import TeacherRun, train_teacher as train
 
     run = TeacherRun(Path(out), steps or task.train.teacher_steps, seed, n_envs, checkpoint_every, subprocess,
-                     progress=not quiet, threads=threads)
+                     progress=not quiet, threads=threads, device=str(torch_device))
     train(task, run, resume=resume)
     click.echo(f"wrote {out} ({run.steps} steps)")
 
@@ -95,22 +102,34 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 @click.option("--stride", type=click.IntRange(min=1), default=5, show_default=True, help="Perturbation grid stride.")
 @click.option("--mask-sigma", type=positive_float(), default=5.0, show_default=True, help="σ of the Gaussian mask.")
 @click.option("--blur-sigma", type=positive_float(), default=3.0, show_default=True, help="σ of the blur.")
+@ray_option
+@click.option("--ray-chunk", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Frames per Ray task, with --ray.")
+@device_option
 @seed_option
 @quiet_option
 def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride: int, mask_sigma: float,
-          blur_sigma: float, seed: int, quiet: bool) -> None:
-    """Roll the teacher out and label each frame with its perturbation saliency."""
+          blur_sigma: float, ray_address: Optional[str], ray_chunk: int, device: str, seed: int, quiet: bool) -> None:
+    """Roll the teacher out and label each frame with its perturbation saliency.
+
+    The rollouts run here (on --device); with --ray the maps run as Ray tasks on the cluster's CPUs."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.labels import label as run_label
     from edge_digr.core.perturbation import PerturbationConfig
     from edge_digr.core.tasks import get_task
+    from edge_digr.devices import resolve_device
 
     check_writable(out, inputs=[teacher])
     task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     n = frames or task.train.label_frames
-    run_label(_teacher(teacher, task_name), task, n, seed, out, PerturbationConfig(stride, mask_sigma, blur_sigma),
-              progress=not quiet)
+    if ray_address is not None:
+        from edge_digr.ray_jobs import import_ray
+
+        import_ray()  # the install hint now, not after the rollouts
+    run_label(_teacher(teacher, task_name, resolve_device(device)), task, n, seed, out,
+              PerturbationConfig(stride, mask_sigma, blur_sigma), progress=not quiet, ray_address=ray_address,
+              ray_chunk=ray_chunk)
     click.echo(f"wrote {out} ({n} frames)")
 
 
@@ -147,17 +166,23 @@ def distill_options(f):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="student.pt to write.")
 @distill_options
 @click.option("--resume", is_flag=True, help="Continue from <out>.resume.pt.")
+@device_option
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
             mask_rule: str, mask_threshold: float, temperature: float,
             arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
-            resume: bool, seed: int, quiet: bool) -> None:
-    """Distil a student from the teacher's labels: DIGR, plain, or global IGR."""
+            resume: bool, device: str, seed: int, quiet: bool) -> None:
+    """Distil a student from the teacher's labels: DIGR, plain, or global IGR.
+
+    Under `torchrun --nproc-per-node N` each process trains on its share of every batch and the gradients
+    are averaged (gloo on CPU, nccl on CUDA): the same global batch as one process; rank 0 writes."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.distill import DistillConfig, distill as run
-    from edge_digr.labels import load_labels, split
+    from edge_digr.distributed import Distributed
     from edge_digr.core.tasks import get_task
+    from edge_digr.devices import resolve_device
+    from edge_digr.labels import load_labels, split
 
     check_writable(out, inputs=[teacher, labels_path])
     task_name = policy_task(teacher, task_name)
@@ -166,8 +191,12 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
                                  temperature=temperature,
                                  arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
-    run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name))
-    click.echo(f"wrote {out}")
+    dist = Distributed.from_env()  # torchrun's process, or a single one
+    torch_device = resolve_device(device, dist.local_rank)
+    run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name, torch_device),
+        device=torch_device, dist=dist)
+    if dist.is_main:
+        click.echo(f"wrote {out}")
 
 
 @click.command()
@@ -179,10 +208,11 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None,
               help="labels.npz: held-out frames for saliency agreement, deletion faithfulness and timing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
+@device_option
 @seed_option
 @quiet_option
 def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_path: Optional[str],
-             json_path: Optional[str], seed: int, quiet: bool) -> None:
+             json_path: Optional[str], device: str, seed: int, quiet: bool) -> None:
     """Return and success on fixed seeds; saliency agreement, pointing, deletion faithfulness and timing on
     held-out frames."""
     from edge_digr.checkpoint import policy_task
@@ -193,7 +223,7 @@ def evaluate(policy_path: str, task_name: str, episodes: Optional[int], labels_p
     if json_path:
         check_writable(json_path, inputs=[policy_path, labels_path], option="--json")
     task = get_task(policy_task(policy_path, task_name))
-    policy = open_policy(policy_path, task)
+    policy = open_policy(policy_path, task, device)
     metrics = evaluate_policy(policy, task, episodes or task.train.eval_episodes, labels_path, seed, not quiet)
     click.echo(json.dumps(metrics, indent=2))
     if json_path:

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_digr.checkpoint import read_resume_state, save_checkpoint
+from edge_digr.checkpoint import read_resume_state, save_checkpoint, to_cpu
 from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import PathLike, atomic_path
+from edge_digr.distributed import Distributed
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.saliency import input_gradient
 from edge_digr.core.tasks import Task
@@ -134,24 +135,42 @@ def dagger_epochs(epochs: int, rounds: int) -> List[int]:
 
 def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: PathLike,
             resume: bool = False, progress: bool = True, teacher: Optional[PixelPolicy] = None,
+            device: Optional[torch.device] = None, dist: Distributed = Distributed(),
             bar_line: Optional[int] = None) -> PixelPolicy:
     """Train a student on labelled frames; checkpoints every epoch to `<out>.resume.pt` for --resume.
 
-    `bar_line` puts the progress bar on that terminal line, for students trained side by side.
+    On `device` (default CPU); under torchrun (`dist`), each process takes its share of every global batch
+    of `cfg.batch_size` frames and DDP averages the gradients over processes (edge_digr.distributed), so
+    the run follows the single process's up to float rounding; only rank 0 writes files. `bar_line` puts
+    the progress bar on that terminal line, for students trained side by side.
 
     With `cfg.dagger_rounds`, the student is rolled out during training and the frames it visits are
     labelled by `teacher` (outputs and perturbation maps) and added to the training set (DAgger), so the
     student also learns what to do in the states its own mistakes lead to.
     """
+    cfg.validate()
+    if cfg.dagger_rounds and teacher is None:
+        raise UserError("DAgger rounds need the teacher (--teacher) to label the student's frames")
+    device = device or torch.device("cpu")
+    dist.start(device, cfg.batch_size)
+    try:
+        student = _train(task, train, cfg, out, resume, progress and dist.is_main, teacher, device, dist, bar_line)
+    except BaseException:
+        dist.stop(wait=False)  # the other ranks fail alike or are ended by torchrun: no barrier to hang on
+        raise
+    dist.stop()
+    return student
+
+
+def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: PathLike, resume: bool,
+           progress: bool, teacher: Optional[PixelPolicy], device: torch.device, dist: Distributed,
+           bar_line: Optional[int]) -> PixelPolicy:
     from tqdm import tqdm
 
     from edge_digr.labels import add_perturbation_maps, collect
 
-    cfg.validate()
-    if cfg.dagger_rounds and teacher is None:
-        raise UserError("DAgger rounds need the teacher (--teacher) to label the student's frames")
     torch.manual_seed(cfg.seed)
-    student = PixelPolicy(PolicyConfig.for_task(task, cfg.arch))
+    student = PixelPolicy(PolicyConfig.for_task(task, cfg.arch)).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     names = [spec.name for spec in task.inputs]
     keys = names + ["teacher_out", "saliency"]
@@ -175,6 +194,7 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
                             "or run without --resume") from None
     elif resume:
         raise UserError(f"nothing to resume: {resume_path} does not exist; start without --resume")
+    model = dist.wrap(student, device)  # the student itself, or DDP around it under torchrun
 
     lam = 0.0 if cfg.mode == "plain" else cfg.lam
     collect_after = dagger_epochs(cfg.epochs, cfg.dagger_rounds)
@@ -191,31 +211,45 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
         # Each epoch's order depends on (seed, epoch) only, so a resumed run repeats the uninterrupted one.
         order = np.random.default_rng((cfg.seed, epoch)).permutation(n)
         student.train()
-        for i in range(0, n, cfg.batch_size):
-            idx = torch.from_numpy(order[i:i + cfg.batch_size])
-            inputs = tuple(tensors[name][idx] for name in names)
-            loss = distillation_loss(student(*inputs), tensors["teacher_out"][idx], task.action.continuous,
-                                     cfg.temperature)
-            reg = (gradient_penalty(student, inputs, region[idx], cfg.penalty_target, cfg.penalty_norm) if lam > 0
-                   else torch.zeros(()))
+        for local, global_n in dist.batches(order, cfg.batch_size):
+            idx = torch.from_numpy(local)
+            inputs = tuple(tensors[name][idx].to(device) for name in names)
             optimizer.zero_grad()
-            (loss + lam * reg).backward()
+            if not len(local):
+                # A short last batch can leave a rank without frames; DDP still needs its forward and
+                # backward (every rank joins each gradient all-reduce): a zero loss adds zero gradients.
+                (model(*inputs).sum() * 0.0).backward()
+                optimizer.step()
+                continue
+            loss = distillation_loss(model(*inputs), tensors["teacher_out"][idx].to(device),
+                                     task.action.continuous, cfg.temperature)
+            reg = (gradient_penalty(model, inputs, region[idx].to(device), cfg.penalty_target, cfg.penalty_norm)
+                   if lam > 0 else torch.zeros((), device=device))
+            # Both terms are means over this rank's frames; the weight turns DDP's average over ranks into
+            # the mean over the global batch, also when a short last batch splits unevenly.
+            ((loss + lam * reg) * dist.weight(len(local), global_n)).backward()
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", reg=f"{reg.item():.4f}", frames=n, refresh=False)
         student.eval()
         if epoch + 1 in collect_after:
             k = collect_after.index(epoch + 1)
-            new = collect(teacher, task, cfg.dagger_frames, DAGGER_SEED + 1000 * k + 10_000 * cfg.seed,
-                          progress=False, actor=student)
-            add_perturbation_maps(teacher, task, new, progress=False)
+            new = None
+            if dist.is_main:  # collected once and shared: every rank must train on the same frames
+                new = collect(teacher, task, cfg.dagger_frames, DAGGER_SEED + 1000 * k + 10_000 * cfg.seed,
+                              progress=False, actor=student)
+                add_perturbation_maps(teacher, task, new, progress=False)
+            new = dist.broadcast_object(new)
             added = {key: np.concatenate([added[key], new[key].astype(np.float32)]) for key in keys}
-        with atomic_path(resume_path) as tmp:
-            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "config": asdict(cfg), "added": {k: torch.from_numpy(v) for k, v in added.items()}}, tmp)
+        if dist.is_main:
+            with atomic_path(resume_path) as tmp:
+                torch.save({"student": to_cpu(student.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),
+                            "epoch": epoch + 1, "config": asdict(cfg),
+                            "added": {k: torch.from_numpy(v) for k, v in added.items()}}, tmp)
         bar.update(1)
     bar.close()
     student.eval()
-    save_checkpoint(out, student, task.name, "student", distill=asdict(cfg),
-                    frames={"labels": int(len(data["teacher_out"])), "dagger": int(len(added["teacher_out"]))})
-    resume_path.unlink(missing_ok=True)
+    if dist.is_main:
+        save_checkpoint(out, student, task.name, "student", distill=asdict(cfg),
+                        frames={"labels": int(len(data["teacher_out"])), "dagger": int(len(added["teacher_out"]))})
+        resume_path.unlink(missing_ok=True)
     return student

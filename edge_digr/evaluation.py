@@ -68,12 +68,12 @@ def rollout(head: HeadFn, task: Task, episodes: int, seed: int = EVAL_SEED,
 
 
 def torch_head(policy: Any) -> HeadFn:
-    """Wrap a torch PixelPolicy as a HeadFn (no_grad, CPU)."""
+    """Wrap a torch PixelPolicy as a HeadFn (no_grad, on the policy's device, numpy out)."""
     import torch
 
     def head(inputs: Dict[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():
-            return policy(*policy.inputs_from(inputs)).numpy()
+            return policy(*policy.inputs_from(inputs)).cpu().numpy()
 
     return head
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_digr.checkpoint import save_checkpoint
+from edge_digr.checkpoint import save_checkpoint, to_cpu
 from edge_digr.core.errors import UserError
 from edge_digr.evaluation import batched, torch_head
 from edge_digr.core.fileio import atomic_path, write_json
@@ -69,6 +69,7 @@ class ImitationRun:
     config: ImitationConfig
     threads: int = 1
     progress: bool = True
+    device: Any = "cpu"  # torch device of the learner's updates (--device)
 
     @property
     def work_dir(self) -> Path:
@@ -141,12 +142,12 @@ def train_on(learner: PixelPolicy, optimizer: torch.optim.Optimizer, task: Task,
     """`updates` minibatch steps on frames drawn uniformly from `data`; returns the last 100 steps' mean loss."""
     names = [spec.name for spec in task.inputs]
     n = len(data["expert_action"])
-    target = torch.from_numpy(data["expert_action"])
+    target = torch.from_numpy(data["expert_action"]).to(learner.device)
     losses: List[float] = []
     learner.train()
     for _ in range(updates):
         idx = rng.integers(0, n, size=min(batch_size, n))
-        inputs = tuple(torch.from_numpy(data[name][idx].astype(np.float32)) for name in names)
+        inputs = learner.inputs_from({name: data[name][idx] for name in names})
         loss = imitation_loss(learner(*inputs), target[idx], task.action.continuous)
         optimizer.zero_grad()
         loss.backward()
@@ -186,7 +187,7 @@ def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = F
     cfg.validate()
     torch.set_num_threads(run.threads)
     torch.manual_seed(cfg.seed)
-    learner = PixelPolicy(PolicyConfig.for_task(task, "teacher")).eval()
+    learner = PixelPolicy(PolicyConfig.for_task(task, "teacher")).to(run.device).eval()
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
     start = 0
     history: List[Dict[str, float]] = []
@@ -225,7 +226,8 @@ def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = F
         history.append({"round": k, "beta": beta, "frames": int(len(data["expert_action"])), "loss": loss,
                         "mixed_return": float(mixed.mean()) if len(mixed) else float("nan")})
         with atomic_path(run.state_path) as tmp:
-            torch.save({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "rounds_done": k + 1,
+            torch.save({"learner": to_cpu(learner.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),
+                        "rounds_done": k + 1,
                         "config": json.dumps({"task": task.name, "imitation": asdict(cfg), "history": history})},
                        tmp)
         bar.set_postfix(loss=f"{loss:.4f}", frames=history[-1]["frames"], refresh=False)

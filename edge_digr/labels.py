@@ -45,8 +45,8 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
             inputs = task.preprocess(raw)
             feed = batched(inputs)
             with torch.no_grad():
-                out = teacher(*teacher.inputs_from(feed))[0].numpy()
-                acting = out if actor is teacher else actor(*actor.inputs_from(feed))[0].numpy()
+                out = teacher(*teacher.inputs_from(feed))[0].cpu().numpy()
+                acting = out if actor is teacher else actor(*actor.inputs_from(feed))[0].cpu().numpy()
             for name, value in inputs.items():
                 rows[name].append(value)
             rows["teacher_out"].append(out)
@@ -72,11 +72,18 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
 
 
 def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.ndarray],
-                          config: PerturbationConfig = PerturbationConfig(), progress: bool = True) -> None:
-    """data["saliency"] = the teacher's perturbation map of every frame in `data`."""
+                          config: PerturbationConfig = PerturbationConfig(), progress: bool = True,
+                          ray_address: Optional[str] = None, ray_chunk: int = 8) -> None:
+    """data["saliency"] = the teacher's perturbation map of every frame in `data`: here, or with
+    `ray_address` as Ray tasks of `ray_chunk` frames each (edge_digr.ray_jobs), with the same result."""
     from tqdm import tqdm
 
     names = [spec.name for spec in task.inputs]
+    if ray_address is not None:
+        from edge_digr.ray_jobs import ray_perturbation_maps
+
+        data["saliency"] = ray_perturbation_maps(teacher, names, data, config, ray_address, ray_chunk, progress)
+        return
     explainer = Perturbation(teacher, config)
     maps = []
     chunk = 16
@@ -88,9 +95,12 @@ def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.n
 
 
 def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLike,
-          config: PerturbationConfig = PerturbationConfig(), progress: bool = True) -> Dict[str, np.ndarray]:
+          config: PerturbationConfig = PerturbationConfig(), progress: bool = True,
+          ray_address: Optional[str] = None, ray_chunk: int = 8) -> Dict[str, np.ndarray]:
+    """Rollouts here, maps here or on Ray; the file is written (atomically) only once every map is in, so
+    a Ctrl-C, which cancels the outstanding Ray tasks, leaves no output behind."""
     data = collect(teacher, task, frames, seed, progress)
-    add_perturbation_maps(teacher, task, data, config, progress)
+    add_perturbation_maps(teacher, task, data, config, progress, ray_address, ray_chunk)
     save_labels(out, data)
     return data
 

@@ -27,7 +27,8 @@ class PolicyHandle:
     kind: str  # "torch" | "onnx" | "tensorrt"
 
 
-def open_policy(path: str, task: Task) -> PolicyHandle:
+def open_policy(path: str, task: Task, device: str = "cpu") -> PolicyHandle:
+    """A head and a saliency function for any policy file; a torch one runs on `device` (--device)."""
     if path.endswith((".onnx", ".plan", ".engine")):
         from edge_digr.runtime.runners import open_runner
 
@@ -41,9 +42,10 @@ def open_policy(path: str, task: Task) -> PolicyHandle:
 
     from edge_digr.checkpoint import load_policy
     from edge_digr.evaluation import torch_head
+    from edge_digr.devices import resolve_device
     from edge_digr.saliency import Saliency
 
-    policy = load_policy(path, task=task.name)
+    policy = load_policy(path, task=task.name).to(resolve_device(device))
     if tuple(policy.cfg.obs_shape) != tuple(task.obs_shape):
         raise UserError(f"{path} takes observations of shape {policy.cfg.obs_shape}, task {task.name!r} "
                         f"gives {task.obs_shape}; pass the task it was trained on")

@@ -104,8 +104,14 @@ class PixelPolicy(nn.Module):
     def forward(self, obs: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.head(self.trunk(obs, extra))
 
-    def inputs_from(self, arrays: Dict[str, Any], device: Any = "cpu") -> Tuple[torch.Tensor, ...]:
-        """Positional inputs from a dict of named (batched) arrays, in the graph's input order."""
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def inputs_from(self, arrays: Dict[str, Any], device: Any = None) -> Tuple[torch.Tensor, ...]:
+        """Positional inputs from a dict of named (batched) arrays, in the graph's input order, on `device`
+        (default: the policy's own)."""
+        device = self.device if device is None else device
         names = ["obs"] + ([self.cfg.extra_name] if self.cfg.extra_dim else [])
         return tuple(torch.as_tensor(arrays[n], dtype=torch.float32, device=device) for n in names)
 

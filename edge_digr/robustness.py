@@ -105,12 +105,14 @@ def load_attackable(path: str, task_name: str):
 
 
 @lru_cache(maxsize=None)
-def _cached_policy(path: str, task_name: str):
-    return load_attackable(path, task_name)
+def _cached_policy(path: str, task_name: str, device: str = "cpu"):
+    from edge_digr.devices import resolve_device
+
+    return load_attackable(path, task_name).to(resolve_device(device))
 
 
 def run_point(point: Tuple[str, str, Any], task: str, episodes: int, seed: int,
-              max_steps: Optional[int]) -> Dict[str, float]:
+              max_steps: Optional[int], device: str = "cpu") -> Dict[str, float]:
     """Episode summary of one (label, file, attack config or None for clean) point; runs in workers too."""
     import torch
 
@@ -123,7 +125,7 @@ def run_point(point: Tuple[str, str, Any], task: str, episodes: int, seed: int,
     torch.set_num_threads(1)
     try:
         _, path, config = point
-        return attacked_rollout(_cached_policy(path, task), get_task(task), config, episodes, seed,
+        return attacked_rollout(_cached_policy(path, task, device), get_task(task), config, episodes, seed,
                                 max_steps).summary()
     finally:
         torch.set_num_threads(threads)
@@ -269,6 +271,7 @@ class AttackRun:
     max_steps: Optional[int] = None
     workers: int = 1
     out_dir: Optional[str] = None
+    device: str = "cpu"  # auto | cpu | cuda, for the attacked policies
 
 
 def run_attacks(run: AttackRun) -> Tuple[Dict[str, Any], List[str]]:
@@ -296,11 +299,12 @@ def run_attacks(run: AttackRun) -> Tuple[Dict[str, Any], List[str]]:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     for f in {f for entry in entries for f in entry.files}:
-        _cached_policy(f, task)  # refuse bad files before any rollout starts
+        _cached_policy(f, task, run.device)  # refuse bad files (and a missing CUDA) before any rollout starts
     # None = the clean rollout: in a sweep it is every curve's ε = 0 point.
     plan: List[Optional[AttackConfig]] = ([None] if sweep else []) + configs
     points = [(entry.label, f, cfg) for entry in entries for f in entry.files for cfg in plan]
-    job = partial(run_point, task=task, episodes=run.episodes, seed=run.seed, max_steps=run.max_steps)
+    job = partial(run_point, task=task, episodes=run.episodes, seed=run.seed, max_steps=run.max_steps,
+                  device=run.device)
     bar = dict(total=len(points), desc=f"attack {task}", unit="point")
     if run.workers == 1:
         summaries = [job(p) for p in tqdm(points, **bar)]

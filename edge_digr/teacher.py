@@ -64,6 +64,7 @@ class TeacherRun:
     progress: bool = True
     # One thread: the nets are small and env stepping is serial, so more threads mostly spin (measured).
     threads: int = 1
+    device: str = "cpu"  # torch device of PPO's updates (--device)
 
     @property
     def sb3_path(self) -> Path:
@@ -89,12 +90,12 @@ def make_vec_env(task: Task, n_envs: int, seed: int, subprocess: bool) -> VecEnv
     return SubprocVecEnv(fns) if subprocess and n_envs > 1 else DummyVecEnv(fns)
 
 
-def build_ppo(task: Task, env: VecEnv, seed: int) -> PPO:
+def build_ppo(task: Task, env: VecEnv, seed: int, device: str = "cpu") -> PPO:
     t = task.train
     cfg = PolicyConfig.for_task(task, "teacher")
     return PPO("MultiInputPolicy", env, seed=seed, n_steps=t.n_steps, batch_size=t.batch_size,
                n_epochs=t.n_epochs, learning_rate=t.learning_rate, ent_coef=t.ent_coef, gamma=t.gamma,
-               gae_lambda=t.gae_lambda, clip_range=t.clip_range, verbose=0, device="cpu",
+               gae_lambda=t.gae_lambda, clip_range=t.clip_range, verbose=0, device=device,
                policy_kwargs=dict(features_extractor_class=TrunkExtractor,
                                   features_extractor_kwargs=dict(config=cfg.to_dict()),
                                   net_arch=dict(pi=[], vf=[]), normalize_images=False))
@@ -162,7 +163,7 @@ def read_progress(path: Path) -> Dict[str, Any]:
 def train_teacher(task: Task, run: TeacherRun, resume: bool = False) -> PixelPolicy:
     torch.set_num_threads(run.threads)
     env = make_vec_env(task, run.n_envs or task.train.n_envs, run.seed, run.subprocess)
-    model = build_ppo(task, env, run.seed)
+    model = build_ppo(task, env, run.seed, run.device)
     start = 0
     if resume:
         if not (run.sb3_path.exists() and run.progress_path.exists()):
@@ -172,7 +173,7 @@ def train_teacher(task: Task, run: TeacherRun, resume: bool = False) -> PixelPol
         if progress["task"] != task.name:
             raise UserError(f"{run.progress_path} is a {progress['task']!r} run, not {task.name!r}")
         try:
-            model.set_parameters(str(run.sb3_path), exact_match=True, device="cpu")
+            model.set_parameters(str(run.sb3_path), exact_match=True, device=run.device)
         except Exception as exc:  # SB3 raises zipfile, torch and key errors for a damaged or foreign archive
             raise UserError(f"{run.sb3_path} is unreadable or not this run's ({type(exc).__name__}); "
                             f"delete it and {run.progress_path.name} to start over, or run without --resume") from None
