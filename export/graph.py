@@ -4,7 +4,7 @@ The VJP runs in the child module `vjp`, so the exporter names every gradient-pat
 """
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import onnx
@@ -70,11 +70,90 @@ def fold_constants(model: onnx.ModelProto) -> int:
     removed = len(graph.node) - len(kept)
     del graph.node[:]
     graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input} | outputs
-    unused = [i for i in graph.initializer if i.name not in used]
-    for init in unused:
-        graph.initializer.remove(init)
+    _drop_unused_initializers(graph)
     return removed
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def _readers(graph: onnx.GraphProto) -> Dict[str, List[onnx.NodeProto]]:
+    readers: Dict[str, List[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def merge_reshapes(model: onnx.ModelProto) -> int:
+    """Drop a Reshape whose only reader is a Reshape to a constant shape without 0 entries (which would copy
+    a dimension of the dropped Reshape's output). The VJP's layout changes (K axis in and out of the batch
+    axis, phase interleaves) leave such chains; each is a node that ONNX Runtime dispatches on every call.
+    Returns the number of Reshapes removed."""
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    readers, outputs = _readers(graph), {o.name for o in graph.output}
+    removed = []
+    for inner in graph.node:
+        users = readers.get(inner.output[0], [])
+        if inner.op_type != "Reshape" or inner.output[0] in outputs or len(users) != 1:
+            continue
+        outer = users[0]
+        if outer.op_type == "Reshape" and outer.input[1] in consts and 0 not in consts[outer.input[1]]:
+            outer.input[0] = inner.input[0]
+            readers.setdefault(inner.input[0], []).append(outer)
+            removed.append(inner)
+    for node in removed:
+        graph.node.remove(node)
+    _drop_unused_initializers(graph)
+    return len(removed)
+
+
+def merge_slices(model: onnx.ModelProto) -> int:
+    """Merge a Slice whose only reader is another Slice on other axes into one Slice (constant parameters).
+
+    The exporter writes the crop of a transposed convolution, `y[:, :, a:b, c:d]`, as one Slice per axis,
+    and ONNX Runtime copies the tensor once per Slice; one Slice over both axes copies it once (TensorRT
+    takes a multi-axis Slice with initializer parameters, as it takes the single ones). Returns the number
+    of Slices removed.
+    """
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    readers, outputs = _readers(graph), {o.name for o in graph.output}
+
+    def params(node: onnx.NodeProto) -> Optional[List[np.ndarray]]:
+        names = list(node.input[1:]) + [""] * (5 - len(node.input))
+        if not all(n in consts for n in names[:3]) or (names[3] and names[3] not in consts):
+            return None
+        starts, ends, axes = (consts[n] for n in names[:3])
+        steps = consts[names[3]] if names[3] else np.ones_like(starts)
+        return [starts, ends, axes, steps]
+
+    removed: List[onnx.NodeProto] = []
+    for inner in list(graph.node):
+        users = readers.get(inner.output[0], [])
+        if inner.op_type != "Slice" or inner.output[0] in outputs or len(users) != 1 or users[0].op_type != "Slice":
+            continue
+        outer = users[0]
+        a, b = params(inner), params(outer)
+        if a is None or b is None or outer.input[0] != inner.output[0] or set(a[2].tolist()) & set(b[2].tolist()):
+            continue
+        merged = [np.concatenate([x, y]) for x, y in zip(a, b)]
+        names = [f"{outer.name}/{part}" for part in ("starts", "ends", "axes", "steps")]
+        for name, value in zip(names, merged):
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            consts[name] = value
+        del outer.input[:]
+        outer.input.extend([inner.input[0], *names])
+        readers.setdefault(inner.input[0], []).append(outer)
+        removed.append(inner)
+    for node in removed:
+        graph.node.remove(node)
+    _drop_unused_initializers(graph)
+    return len(removed)
 
 
 def separate_backward_weights(model: onnx.ModelProto) -> List[str]:
