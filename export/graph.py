@@ -4,7 +4,7 @@ The VJP runs in the child module `vjp`, so the exporter names every gradient-pat
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import onnx
@@ -80,36 +80,49 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
 
 
-def _readers(graph: onnx.GraphProto) -> Dict[str, List[onnx.NodeProto]]:
+def _merge_chains(model: onnx.ModelProto, op_type: str,
+                  merge: Callable[[onnx.NodeProto, onnx.NodeProto, Dict[str, np.ndarray]], Optional[List[str]]]) -> int:
+    """Fold each `op_type` node whose only reader is another `op_type` node (through its data input) into that
+    reader. `merge(inner, outer, consts)` returns the reader's new inputs, adding any new constants to
+    `consts`, or None to keep both. Returns the number of nodes removed."""
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    known = set(consts)
     readers: Dict[str, List[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    return readers
-
-
-def merge_reshapes(model: onnx.ModelProto) -> int:
-    """Drop a Reshape whose only reader is a Reshape to a constant shape without 0 entries (which would copy
-    a dimension of the dropped Reshape's output). The VJP's layout changes (K axis in and out of the batch
-    axis, phase interleaves) leave such chains; each is a node that ONNX Runtime dispatches on every call.
-    Returns the number of Reshapes removed."""
-    graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers, outputs = _readers(graph), {o.name for o in graph.output}
-    removed = []
+    outputs = {o.name for o in graph.output}
+    removed: List[onnx.NodeProto] = []
     for inner in graph.node:
         users = readers.get(inner.output[0], [])
-        if inner.op_type != "Reshape" or inner.output[0] in outputs or len(users) != 1:
+        if (inner.op_type != op_type or inner.output[0] in outputs or len(users) != 1
+                or users[0].op_type != op_type or list(users[0].input).index(inner.output[0]) != 0):
             continue
-        outer = users[0]
-        if outer.op_type == "Reshape" and outer.input[1] in consts and 0 not in consts[outer.input[1]]:
-            outer.input[0] = inner.input[0]
-            readers.setdefault(inner.input[0], []).append(outer)
-            removed.append(inner)
+        inputs = merge(inner, users[0], consts)
+        if inputs is None:
+            continue
+        del users[0].input[:]
+        users[0].input.extend(inputs)
+        readers.setdefault(inner.input[0], []).append(users[0])
+        removed.append(inner)
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in consts.items()
+                             if name not in known)
     for node in removed:
         graph.node.remove(node)
     _drop_unused_initializers(graph)
     return len(removed)
+
+
+def merge_reshapes(model: onnx.ModelProto) -> int:
+    """Drop a Reshape whose only reader is a Reshape to a constant shape without 0 entries (a 0 would copy a
+    dimension of the dropped Reshape's output). The VJP's layout changes (K axis in and out of the batch
+    axis, phase interleaves) leave such chains; each is a node that ONNX Runtime dispatches on every call.
+    Returns the number of Reshapes removed."""
+    def merge(inner: onnx.NodeProto, outer: onnx.NodeProto, consts: Dict[str, np.ndarray]) -> Optional[List[str]]:
+        shape = consts.get(outer.input[1])
+        return None if shape is None or 0 in shape else [inner.input[0], outer.input[1]]
+    return _merge_chains(model, "Reshape", merge)
 
 
 def merge_slices(model: onnx.ModelProto) -> int:
@@ -120,40 +133,22 @@ def merge_slices(model: onnx.ModelProto) -> int:
     takes a multi-axis Slice with initializer parameters, as it takes the single ones). Returns the number
     of Slices removed.
     """
-    graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers, outputs = _readers(graph), {o.name for o in graph.output}
-
-    def params(node: onnx.NodeProto) -> Optional[List[np.ndarray]]:
+    def params(node: onnx.NodeProto, consts: Dict[str, np.ndarray]) -> Optional[List[np.ndarray]]:
         names = list(node.input[1:]) + [""] * (5 - len(node.input))
         if not all(n in consts for n in names[:3]) or (names[3] and names[3] not in consts):
             return None
         starts, ends, axes = (consts[n] for n in names[:3])
-        steps = consts[names[3]] if names[3] else np.ones_like(starts)
-        return [starts, ends, axes, steps]
+        return [starts, ends, axes, consts[names[3]] if names[3] else np.ones_like(starts)]
 
-    removed: List[onnx.NodeProto] = []
-    for inner in list(graph.node):
-        users = readers.get(inner.output[0], [])
-        if inner.op_type != "Slice" or inner.output[0] in outputs or len(users) != 1 or users[0].op_type != "Slice":
-            continue
-        outer = users[0]
-        a, b = params(inner), params(outer)
-        if a is None or b is None or outer.input[0] != inner.output[0] or set(a[2].tolist()) & set(b[2].tolist()):
-            continue
-        merged = [np.concatenate([x, y]) for x, y in zip(a, b)]
+    def merge(inner: onnx.NodeProto, outer: onnx.NodeProto, consts: Dict[str, np.ndarray]) -> Optional[List[str]]:
+        a, b = params(inner, consts), params(outer, consts)
+        if a is None or b is None or set(a[2].tolist()) & set(b[2].tolist()):
+            return None
         names = [f"{outer.name}/{part}" for part in ("starts", "ends", "axes", "steps")]
-        for name, value in zip(names, merged):
-            graph.initializer.append(numpy_helper.from_array(value, name))
-            consts[name] = value
-        del outer.input[:]
-        outer.input.extend([inner.input[0], *names])
-        readers.setdefault(inner.input[0], []).append(outer)
-        removed.append(inner)
-    for node in removed:
-        graph.node.remove(node)
-    _drop_unused_initializers(graph)
-    return len(removed)
+        for name, x, y in zip(names, a, b):
+            consts[name] = np.concatenate([x, y])
+        return [inner.input[0], *names]
+    return _merge_chains(model, "Slice", merge)
 
 
 def separate_backward_weights(model: onnx.ModelProto) -> List[str]:
