@@ -1,4 +1,5 @@
-"""ONNX-level helpers for fused graphs (torch-free): find the backward nodes, split shared weights.
+"""ONNX-level helpers for fused graphs (torch-free): find the backward nodes, fold constants, merge Slice and
+Reshape chains, split shared weights.
 
 The VJP runs in the child module `vjp`, so the exporter names every gradient-path node "/vjp/...".
 """
