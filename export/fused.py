@@ -49,6 +49,8 @@ def _export(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...], input_n
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     onnx_graph.fold_constants(model)
+    onnx_graph.merge_slices(model)
+    onnx_graph.merge_reshapes(model)
     # The exporter leaves reshaped outputs with symbolic dims; consumers (TensorRT profiles, the
     # runtime's buffers) want every non-batch dim concrete, and it is known from the example run.
     with torch.no_grad():

@@ -205,15 +205,19 @@ def random_feed(manifest: Manifest, batch: int, seed: int = 0) -> Dict[str, np.n
 
 # ------------------------------------------------------------------------------------- per-layer times
 def ort_layer_times(model: PathLike, feed: Mapping[str, np.ndarray], iterations: int,
-                    providers: Sequence[str] = ("CPUExecutionProvider",)) -> List[Dict[str, Any]]:
+                    providers: Sequence[str] = ("CPUExecutionProvider",),
+                    threads: Optional[int] = None) -> List[Dict[str, Any]]:
     """Median time per graph node from ONNX Runtime's profiler (a separate session, so timings stay clean).
 
-    Medians, not means: the first runs (allocation, kernel selection) and preemptions would dominate a mean.
+    The session has the runner's options for the feed's batch size (`session_options`), so the nodes are
+    the ones the timed variants ran. Medians, not means: the first runs (allocation, kernel selection) and
+    preemptions would dominate a mean.
     """
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    from edge_digr.runtime.runners import session_options
+
+    opts = session_options(threads, spin=False, batch=len(next(iter(feed.values()))))
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = os.path.join(tmp, "ort_profile")
@@ -308,13 +312,13 @@ def machine() -> Dict[str, Any]:
             "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def _ort_options(path: Path, threads: Optional[int]) -> Dict[str, Any]:
-    """Runner options for ONNX Runtime (TensorRT plans take none): the intra-op pool pinned if asked, and no
+def _ort_options(path: Path, threads: Optional[int], batch: int) -> Dict[str, Any]:
+    """Runner options for ONNX Runtime (TensorRT plans take none): the intra-op pool pinned if asked, no
     spinning workers, which would take the cores from the variants interleaved with them (measured: up to
-    100x on single torch calls with 2 threads on 2 cores)."""
+    100x on single torch calls with 2 threads on 2 cores), and the session tuned for the profiled batch."""
     if path.suffix.lower() != ".onnx":
         return {}
-    return {"spin": False, **({"threads": threads} if threads else {})}
+    return {"spin": False, "batch": batch, **({"threads": threads} if threads else {})}
 
 
 # A baseline the caller adds: given the manifest and the feed, the Variant to time, or why not (a string).
@@ -342,7 +346,7 @@ def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Opt
     copies: Dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        fused = stack.enter_context(open_runner(engine, **_ort_options(engine, cfg.threads)))
+        fused = stack.enter_context(open_runner(engine, **_ort_options(engine, cfg.threads, cfg.batch)))
         manifest = fused.manifest
         head = head_output(manifest)
         feed = random_feed(manifest, cfg.batch, cfg.seed)
@@ -357,7 +361,7 @@ def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Opt
                 "a TensorRT plan has no forward-only subgraph: pass --forward with the plan built from the "
                 "bundle's forward-only ONNX")
         else:
-            fwd = stack.enter_context(open_runner(forward, **_ort_options(Path(forward), cfg.threads)))
+            fwd = stack.enter_context(open_runner(forward, **_ort_options(Path(forward), cfg.threads, cfg.batch)))
             todo.append(Variant("forward", f"forward-only graph: {head}", lambda: fwd.infer(feed), cfg.batch,
                                 cfg.iterations, cfg.warmup))
             if cfg.perturbation_iterations:
@@ -376,9 +380,11 @@ def profile(engine: PathLike, cfg: ProfileConfig = ProfileConfig(), forward: Opt
             copies["fused"] = trt_copy_times(fused, feed, fused.infer(feed), cfg.iterations)
         if cfg.layer_iterations:
             if is_onnx:
-                layers["fused"] = ort_layer_times(engine, feed, cfg.layer_iterations, fused.providers)
+                layers["fused"] = ort_layer_times(engine, feed, cfg.layer_iterations, fused.providers,
+                                                  cfg.threads)
                 if forward is not None and Path(forward).suffix.lower() == ".onnx":
-                    layers["forward"] = ort_layer_times(forward, feed, cfg.layer_iterations, fwd.providers)
+                    layers["forward"] = ort_layer_times(forward, feed, cfg.layer_iterations, fwd.providers,
+                                                        cfg.threads)
             else:
                 layers["fused"] = trt_layer_times(fused, feed, cfg.layer_iterations)
     power: Dict[str, Any] = {"note": "tegrastats not found: not a Jetson, power not measured"}

@@ -23,7 +23,8 @@ The interface every runner keeps (selftest, profile and run rely on it):
   ``__exit__``; ``infer`` outside the block activates the runner on first use, ``close()`` frees it.
 
 `open_runner(path, **opts)` picks the runner from the file suffix: ``.onnx`` → :class:`OnnxRuntimeRunner`
-(options: ``providers``, ``threads``, ``spin``), ``.plan``/``.engine``/``.trt`` → ``TensorRTRunner`` (options: ``cuda_graph``).
+(options: ``providers``, ``threads``, ``spin``, ``batch``), ``.plan``/``.engine``/``.trt`` → ``TensorRTRunner``
+(options: ``cuda_graph``).
 
 Bad model files are `UserError`s (one line, says what to do): a missing, empty, corrupt or truncated file
 or one without a manifest when opened; a manifest that does not match the graph, or an engine from another
@@ -132,11 +133,41 @@ def _shape_text(shape: Sequence[Any]) -> str:
     return "(" + ", ".join("N" if d in (-1, None) or isinstance(d, str) else str(d) for d in shape) + ")"
 
 
+def session_config(batch: int) -> Dict[str, str]:
+    """ONNX Runtime session config entries for a graph run at `batch` frames per call (docs/RESULTS.md, issue 17).
+
+    At batch 1 every Gemm/MatMul of a fused graph multiplies one row (the exporter writes the K backward
+    products of a continuous head one row each), which MLAS's one-row kernels do straight from the weight
+    initializer. Prepacking would give the forward Gemm and the backward MatMul a packed copy each of the
+    same weight: twice the bytes, which do not stay in cache; the fused atari-breakout teacher graph took
+    1.6-2.4x as long with them on a 2-core EPYC. From batch 2 on, MLAS repacks an unpacked weight on every
+    call of a multi-row product, so prepacking stays on there.
+    """
+    return {"session.disable_prepacking": "1"} if batch == 1 else {}
+
+
+def session_options(threads: Optional[int] = None, spin: bool = True, batch: int = 1) -> Any:
+    """onnxruntime.SessionOptions as the runner uses them (the profiler's per-node pass and benchmarks too)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in session_config(batch).items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 class OnnxRuntimeRunner(Runner):
     """ONNX Runtime session; uses the TensorRT and CUDA execution providers when the install has them."""
 
     def __init__(self, path: PathLike, manifest: Optional[Manifest] = None,
-                 providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, spin: bool = True):
+                 providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, spin: bool = True,
+                 batch: int = 1):
         _require_file(path)
         manifest = manifest or read_onnx_manifest(path)
         if manifest is None:
@@ -147,8 +178,13 @@ class OnnxRuntimeRunner(Runner):
         # Idle intra-op workers busy-wait for the next call (lowest latency in a run loop); off where other
         # work shares the cores between calls, e.g. the profiler's interleaved torch baseline.
         self.spin = spin
+        # The batch size the first session is tuned for (`session_config`); a call at a batch size whose options
+        # differ opens a second session on first use, so a run loop (batch 1) never holds two.
+        self.batch = batch
         self.providers: List[str] = []
-        self._session: Any = None
+        self._wanted: List[str] = []  # execution providers, settled on activation
+        self._session: Any = None  # the session for `batch`
+        self._sessions: Dict[tuple, Any] = {}  # session config items -> session
 
     def _activate(self) -> None:
         import onnxruntime as ort
@@ -158,29 +194,34 @@ class OnnxRuntimeRunner(Runner):
         unknown = [p for p in wanted if p not in available]
         if unknown:
             raise UserError(f"ONNX Runtime here has no {', '.join(unknown)}; available: {', '.join(available)}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        if not self.spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(str(self.path), opts, providers=wanted)
-        except Exception as exc:  # onnxruntime raises several types for unloadable models
-            raise UserError(f"{self.path} cannot be loaded by ONNX Runtime ({_first_line(exc)}); "
-                            "re-export it with `edge-digr export`") from None
+        self._wanted = wanted
+        self._session = self._session_for(self.batch)
         self.providers = self._session.get_providers()
         _check_graph_matches(self.path, self.manifest,
                              {i.name: i.shape for i in self._session.get_inputs()},
                              {o.name: o.shape for o in self._session.get_outputs()})
 
+    def _session_for(self, batch: int) -> Any:
+        import onnxruntime as ort
+
+        key = tuple(sorted(session_config(batch).items()))
+        if key not in self._sessions:
+            try:
+                self._sessions[key] = ort.InferenceSession(
+                    str(self.path), session_options(self.threads, self.spin, batch), providers=self._wanted)
+            except Exception as exc:  # onnxruntime raises several types for unloadable models
+                raise UserError(f"{self.path} cannot be loaded by ONNX Runtime ({_first_line(exc)}); "
+                                "re-export it with `edge-digr export`") from None
+        return self._sessions[key]
+
     def _infer(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        values = self._session.run(self.output_names, arrays)
+        session = self._session_for(len(next(iter(arrays.values()))))
+        values = session.run(self.output_names, arrays)
         return dict(zip(self.output_names, values))
 
     def _close(self) -> None:
         self._session = None
+        self._sessions.clear()
 
 
 def _check_graph_matches(path: Path, manifest: Manifest, graph_inputs: Mapping[str, Sequence[Any]],
@@ -223,7 +264,7 @@ def open_runner(path: PathLike, **opts: Any) -> Runner:
     """The runner for a model file, chosen by suffix, with its manifest loaded (see the module docstring)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
-        _check_options(opts, {"providers", "threads", "spin"}, "an ONNX model (ONNX Runtime)")
+        _check_options(opts, {"providers", "threads", "spin", "batch"}, "an ONNX model (ONNX Runtime)")
         return OnnxRuntimeRunner(path, **opts)
     if suffix in ENGINE_SUFFIXES:
         from edge_digr.runtime.trt_backend import TensorRTRunner

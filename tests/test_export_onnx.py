@@ -18,6 +18,7 @@ from edge_digr.export import (UnsupportedOpError, backward_nodes, export_checkpo
 from edge_digr.export.fused import example_inputs_for
 from edge_digr.core.manifest import METADATA_KEY, read_onnx_manifest
 from edge_digr.policies import PixelPolicy, PolicyConfig
+from edge_digr.runtime.runners import session_options
 from edge_digr.saliency import input_gradient, reduce_channels
 from edge_digr.core.tasks import TASKS, get_task
 
@@ -114,6 +115,32 @@ def test_separate_backward_weights_shares_no_initializer(tmp_path) -> None:
     assert not crossing(split)
     a, b = run(tmp_path / "shared.onnx", inputs), run(tmp_path / "split.onnx", inputs)
     np.testing.assert_array_equal(a["saliency"], b["saliency"])
+
+
+@pytest.mark.parametrize("task, k, crops", [("atari-breakout", 1, 0), ("car-racing", 3, 1)])
+def test_batch1_graph_form(task: str, k: int, crops: int, tmp_path) -> None:
+    """Issue 17: each Linear weight is a single initializer, read by the forward Gemm and by K one-row backward
+    MatMuls (one per saliency target), so a batch-1 session without prepacking reads one copy of it; crops are
+    single Slices; the graph stays exact under the runner's session options at batch 1 and 3."""
+    policy = policy_for(task, "teacher")
+    model = export_fused(policy, example_inputs_for(task), tmp_path / "f.onnx")
+    inits = {i.name for i in model.graph.initializer}
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 2  # the hidden layer and the head
+    for gemm in gemms:
+        readers = [n for n in model.graph.node if gemm.input[1] in n.input]
+        assert gemm.input[1] in inits and sorted(n.op_type for n in readers) == ["Gemm"] + ["MatMul"] * k
+    # the crop after each strided transposed convolution is one Slice over both spatial axes (merge_slices)
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    slices = [n for n in model.graph.node if n.op_type == "Slice"]
+    assert len(slices) == crops and all(sorted(consts[n.input[3]]) == [2, 3] for n in slices)
+    for batch in (1, 3):
+        inputs = example_inputs_for(task, batch=batch, seed=batch)
+        session = ort.InferenceSession(str(tmp_path / "f.onnx"), session_options(batch=batch),
+                                       providers=["CPUExecutionProvider"])
+        _, saliency = session.run(None, {"obs": inputs[0].numpy()})
+        ref = reduce_channels(input_gradient(policy, inputs)).numpy()
+        assert rel_err(saliency, ref) <= REL_TOL
 
 
 def test_export_forward_is_the_baseline_graph(tmp_path) -> None:

@@ -2,8 +2,9 @@
 
 Property-based: hypothesis draws conv stacks (channels, kernels, strides, paddings, dilations, groups,
 input sizes that are not multiples of the stride), residual blocks, activations, eval BatchNorm, input
-normalisation and a second (vector) input; the exported graph runs in ONNX Runtime and its `saliency`
-must equal |autograd gradient| max-reduced over channels with relative error <= 1e-4.
+normalisation, a second (vector) input and discrete or continuous (K maps) heads; the exported graph runs
+in ONNX Runtime with the runner's session options for the batch size, and its `saliency` must equal
+|autograd gradient| max-reduced over channels with relative error <= 1e-4.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_digr.export import build_vjp, export_fused
+from edge_digr.runtime.runners import session_options
 
 REL_TOL = 1e-4
 ACTIVATIONS = {"relu": nn.ReLU, "leaky": lambda: nn.LeakyReLU(0.1), "elu": lambda: nn.ELU(0.7),
@@ -188,7 +190,9 @@ def test_onnx_saliency_equals_autograd(spec: NetSpec, batch: int, seed: int, tmp
     assume(np.abs(ref).max() > 0)  # all-dead ReLU nets have no gradient to compare
     path = tmp_path_factory.mktemp("vjp") / "net.onnx"
     export_fused(net, make_inputs(spec, 2, seed + 1), path, continuous=spec.continuous)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # The runner's session for this batch size: at batch 1 the weights are not prepacked and every Linear
+    # transpose of a continuous head is K one-row products (Layout.matmul), which takes other MLAS kernels.
+    session = ort.InferenceSession(str(path), session_options(batch=batch), providers=["CPUExecutionProvider"])
     feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
     out, saliency = session.run(None, feed)
     with torch.no_grad():

@@ -72,6 +72,23 @@ def test_threads_and_spinning_reach_the_session(fetch_onnx):
             runner._session.get_session_options().get_session_config_entry(key)
 
 
+def test_session_options_follow_the_batch_size(fetch_onnx):
+    """Issue 17: no weight prepacking at batch 1 (one copy of each weight), prepacking from batch 2 on; a call at
+    the other kind of batch opens its own session, with the same outputs."""
+    key = "session.disable_prepacking"
+    with open_runner(fetch_onnx, threads=1) as runner:
+        one = runner.infer(_fetch_feed(1))
+        assert runner._session.get_session_options().get_session_config_entry(key) == "1"
+        two = runner.infer({k: np.concatenate([v, v]) for k, v in _fetch_feed(1).items()})
+        assert len(runner._sessions) == 2
+        np.testing.assert_allclose(two["saliency"][1], one["saliency"][0], rtol=1e-5, atol=1e-9)
+    with open_runner(fetch_onnx, batch=32) as runner:
+        runner.infer(_fetch_feed(32))
+        assert len(runner._sessions) == 1
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            runner._session.get_session_options().get_session_config_entry(key)
+
+
 def test_options_of_the_other_runner_are_refused(fetch_onnx):
     with pytest.raises(UserError, match="cuda_graph do not apply to an ONNX model"):
         open_runner(fetch_onnx, cuda_graph=True)
