@@ -31,7 +31,7 @@ def run_seed(task: str, seed: int, root: Path, modes: str) -> Dict:
     out = root / f"seed{seed}"
     if not (out / "metrics.json").exists():
         subprocess.run([sys.executable, "-m", "edge_digr.cli", "demo", "--task", task, "--seed", str(seed),
-                        "--out", str(out), "--modes", modes, "--quiet"], check=True)
+                        "--out-dir", str(out), "--modes", modes, "--quiet"], check=True)
     return json.loads((out / "metrics.json").read_text())
 
 

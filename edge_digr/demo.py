@@ -116,7 +116,9 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
              teacher: Optional[Path] = None, train_teacher: bool = False) -> Path:
     """The pipeline into `out`. The teacher is `teacher` if given; else trained, for the tasks whose teacher
     takes minutes (minigrid-fetch) or with `train_teacher` or a tiny budget; else the shipped one, for the
-    tasks whose teacher takes hours (the expert-imitation tasks)."""
+    tasks whose teacher takes hours (the expert-imitation tasks). `task` must be a registry task: the student
+    and evaluation processes rebuild it by name (with `budget`), so changes made to it with `with_train`
+    would not reach them."""
     import torch
 
     from edge_digr.checkpoint import load_checkpoint

@@ -66,9 +66,9 @@ class DistillConfig:
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.penalty_target not in PENALTY_TARGETS:
-            raise UserError(f"--penalty-target must be one of {', '.join(PENALTY_TARGETS)}, not {self.penalty_target!r}")
+            raise UserError(f"penalty_target must be one of {', '.join(PENALTY_TARGETS)}, not {self.penalty_target!r}")
         if self.penalty_norm not in PENALTY_NORMS:
-            raise UserError(f"--penalty-norm must be one of {', '.join(PENALTY_NORMS)}, not {self.penalty_norm!r}")
+            raise UserError(f"penalty_norm must be one of {', '.join(PENALTY_NORMS)}, not {self.penalty_norm!r}")
         if self.mask_rule not in MASK_RULES:
             raise UserError(f"--mask-rule must be one of {', '.join(MASK_RULES)}, not {self.mask_rule!r}")
         if not 0.0 < self.mask_threshold < 1.0:

@@ -53,7 +53,7 @@ def test_share_penalty_is_the_gradient_energy_share_in_the_region_and_ignores_sc
     assert gradient_penalty(policy, (obs,), region, target="logit", norm="share").item() == pytest.approx(
         share_before, rel=1e-4)
     assert gradient_penalty(policy, (obs,), region, target="logit").item() == pytest.approx(9 * size_before, rel=1e-4)
-    with pytest.raises(UserError, match="--penalty-norm"):
+    with pytest.raises(UserError, match="penalty_norm"):
         DistillConfig(penalty_norm="ratio").validate()
 
 
@@ -81,7 +81,7 @@ def test_logit_penalty_target_differentiates_the_greedy_logit():
     got = gradient_penalty(policy, (obs.detach(),), region, target="logit")
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert got.item() != pytest.approx(gradient_penalty(policy, (obs.detach(),), region).item(), rel=1e-3)
-    with pytest.raises(UserError, match="--penalty-target"):
+    with pytest.raises(UserError, match="penalty_target"):
         DistillConfig(penalty_target="logits").validate()
 
 
