@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import write_json, write_text
-from edge_digr.core.tasks import Task
+from edge_digr.core.tasks import Task, get_task
 from edge_digr.machine import machine_info, machine_line
 
 STRIP_FRAMES = 4
@@ -42,8 +42,6 @@ def tiny(task: Task) -> Task:
 
 
 def budget_task(name: str, budget: str) -> Task:
-    from edge_digr.core.tasks import get_task
-
     task = get_task(name)
     return tiny(task) if budget == "tiny" else task
 
@@ -173,7 +171,8 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
                             for mode, path in students.items()})
         metrics: Dict[str, Any] = {"task": task.name, "seed": seed, "budget": budget,
                                    **{name: future.result() for name, future in evaluations.items()}}
-    metrics["time_ms"] = saliency_timing(open_policy(str(students["digr"]), task), task, test)
+    handles = {name: open_policy(str(path), task) for name, path in {"teacher": teacher_pt, **students}.items()}
+    metrics["time_ms"] = saliency_timing(handles["digr"], task, test)
     stages["evaluate_s"] = time.perf_counter() - start - stages["distill_s"]
     metrics["stages"] = stages
     metrics["config"] = {"train": {k: v for k, v in asdict(t).items() if not callable(v)},
@@ -181,7 +180,6 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
                          "frames": {"train": int(len(train["obs"])), "held_out": int(len(test["obs"]))}}
     write_json(out / "metrics.json", metrics)
 
-    handles = {name: open_policy(str(path), task) for name, path in {"teacher": teacher_pt, **students}.items()}
     strips = write_strips(handles, task, test, out)
     report = out / "report.md"
     write_text(report, render_report(metrics, strips, modes))
