@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import click
 
+from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import check_writable
 from edge_digr.core.options import option
 from edge_digr.core.params import FiniteFloat, device_option, positive_float, ray_option
@@ -99,6 +100,9 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 @click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher.pt or an SB3 .zip.")
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Frames to label (default: the task's budget).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="labels.npz to write.")
+@click.option("--maps", type=click.IntRange(min=0), default=None,
+              help="Frames, evenly spread, that also get a perturbation map; the rest carry the teacher's "
+                   "output only (default: the task's; all frames where the task sets none).")
 @click.option("--stride", type=click.IntRange(min=1), default=5, show_default=True, help="Perturbation grid stride.")
 @click.option("--mask-sigma", type=positive_float(), default=5.0, show_default=True, help="σ of the Gaussian mask.")
 @click.option("--blur-sigma", type=positive_float(), default=3.0, show_default=True, help="σ of the blur.")
@@ -108,7 +112,8 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 @device_option
 @seed_option
 @quiet_option
-def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride: int, mask_sigma: float,
+def label(task_name: str, teacher: str, frames: Optional[int], out: str, maps: Optional[int], stride: int,
+          mask_sigma: float,
           blur_sigma: float, ray_address: Optional[str], ray_chunk: int, device: str, seed: int, quiet: bool) -> None:
     """Roll the teacher out and label each frame with its perturbation saliency.
 
@@ -123,14 +128,17 @@ def label(task_name: str, teacher: str, frames: Optional[int], out: str, stride:
     task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     n = frames or task.train.label_frames
+    maps = task.train.label_maps if maps is None else maps
+    if maps is not None and maps > n:
+        raise UserError(f"--maps {maps} exceeds the {n} frames labelled; pass at most --maps {n}")
     if ray_address is not None:
         from edge_digr.ray_jobs import import_ray
 
         import_ray()  # the install hint now, not after the rollouts
     run_label(_teacher(teacher, task_name, resolve_device(device)), task, n, seed, out,
               PerturbationConfig(stride, mask_sigma, blur_sigma), progress=not quiet, ray_address=ray_address,
-              ray_chunk=ray_chunk)
-    click.echo(f"wrote {out} ({n} frames)")
+              ray_chunk=ray_chunk, maps=maps)
+    click.echo(f"wrote {out} ({n} frames, {n if maps is None else maps} with a perturbation map)")
 
 
 def distill_options(f):
@@ -147,13 +155,17 @@ def distill_options(f):
                      help="The --mask-rule's parameter: the fraction of the frame max, or the top-k share."),
         click.option("--temperature", type=positive_float(), default=1.0, show_default=True,
                      help="Distillation temperature of the teacher's and student's softmax (discrete tasks)."),
-        click.option("--arch", type=click.Choice(["teacher", "edge"]), default="teacher", show_default=True,
-                     help="Student architecture."),
+        click.option("--arch", type=click.Choice(["teacher", "edge"]), default=None,
+                     help="Student architecture (default: the task's: edge where that student holds the return "
+                          "bar, else the teacher's)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the task's)."),
         click.option("--dagger-rounds", type=click.IntRange(min=0), default=None,
                      help="Rounds of student rollouts labelled by the teacher (default: the task's)."),
         click.option("--dagger-frames", type=click.IntRange(min=1), default=None,
                      help="Frames per DAgger round (default: the task's)."),
+        click.option("--dagger-maps", type=click.IntRange(min=0), default=None,
+                     help="Of each DAgger round's frames, how many also get a perturbation map "
+                          "(default: the task's; all where it sets none)."),
     ]):
         f = decorator(f)
     return f
@@ -171,8 +183,8 @@ def distill_options(f):
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
             mask_rule: str, mask_threshold: float, temperature: float,
-            arch: str, epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
-            resume: bool, device: str, seed: int, quiet: bool) -> None:
+            arch: Optional[str], epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
+            dagger_maps: Optional[int], resume: bool, device: str, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR.
 
     Under `torchrun --nproc-per-node N` each process trains on its share of every batch and the gradients
@@ -190,7 +202,8 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
                                  temperature=temperature,
-                                 arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames)
+                                 arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames,
+                                 dagger_maps=dagger_maps)
     dist = Distributed.from_env()  # torchrun's process, or a single one
     torch_device = resolve_device(device, dist.local_rank)
     run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name, torch_device),

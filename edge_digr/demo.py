@@ -120,7 +120,7 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     import torch
 
     from edge_digr.checkpoint import load_checkpoint
-    from edge_digr.labels import label, load_labels, split
+    from edge_digr.labels import label, load_labels, mapped_only, split
     from edge_digr.metrics import open_policy, saliency_timing
 
     if teacher is not None and train_teacher:
@@ -151,8 +151,9 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     labels_path = out / "labels.npz"
     if not labels_path.exists():
         torch.set_num_threads(CORES)  # the perturbation passes are batched: threads pay off here
-        label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress)
+        label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress, maps=t.label_maps)
     train, test = split(load_labels(labels_path, task))
+    test = mapped_only(test)
     stages["label_s"] = time.perf_counter() - start
 
     # Students side by side, one process each; the evaluations follow in the same processes as they free up.

@@ -45,6 +45,10 @@ class DistillConfig:
     seed: int = 0
     dagger_rounds: int = 0  # student rollouts labelled by the teacher and added during training
     dagger_frames: int = 2000  # frames per DAgger round
+    # Of each round's frames, how many (evenly spaced) also get the teacher's perturbation map (None: all).
+    # A map costs hundreds of teacher passes, an action label one: on car-racing the student needs tens of
+    # thousands of labelled frames to drive, the penalty only a few thousand maps.
+    dagger_maps: Optional[int] = None
     # What the penalty differentiates: "logp" is DESIGN.md's target, log π(a*|x), the deployed saliency.
     # "logit" (z_a*, discrete tasks) is an investigation option: log π(a*) has a vanishing gradient where
     # the student is confident, so its penalty barely reaches those frames; z_a*'s does not vanish.
@@ -58,8 +62,11 @@ class DistillConfig:
         """The task's distillation budget, with the options given (not None) taking precedence."""
         t = task.train
         base = dict(lam=t.digr_lambda, epochs=t.distill_epochs, dagger_rounds=t.dagger_rounds,
-                    dagger_frames=t.dagger_frames)
-        base.update({k: v for k, v in overrides.items() if v is not None})
+                    dagger_frames=t.dagger_frames, dagger_maps=t.dagger_maps, arch=t.student_arch)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        base.update(given)
+        if "dagger_maps" not in given and base["dagger_maps"] is not None:  # the task's share of fewer frames
+            base["dagger_maps"] = min(base["dagger_maps"], base["dagger_frames"])
         return cls(mode=mode, seed=seed, **base)
 
     def validate(self) -> None:
@@ -77,6 +84,9 @@ class DistillConfig:
             raise UserError("--temperature must be > 0, --lam ≥ 0 and --epochs ≥ 1")
         if self.dagger_rounds < 0 or self.dagger_rounds >= self.epochs or self.dagger_frames < 1:
             raise UserError("--dagger-rounds must be in [0, epochs) and --dagger-frames ≥ 1")
+        if self.dagger_maps is not None and not 0 <= self.dagger_maps <= self.dagger_frames:
+            raise UserError(f"--dagger-maps must be in [0, --dagger-frames = {self.dagger_frames}], "
+                            f"got {self.dagger_maps}")
 
 
 def selection_mask(maps: np.ndarray, rule: str, threshold: float) -> np.ndarray:
@@ -128,6 +138,22 @@ def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor, target:
 DAGGER_SEED = 100_000  # student rollouts use seeds far from the label and evaluation seeds
 
 
+def training_arrays(frames: Dict[str, np.ndarray], names: List[str]) -> Dict[str, np.ndarray]:
+    """The arrays the loop trains on: pixels as uint8 (a quarter of float32's memory: car-racing trains on
+    tens of thousands of 96×96 frames) when they are whole 0–255 values, as every task's are; the rest float32;
+    `mapped` (which frames have a teacher map; labels written before it existed have one on every frame)."""
+    out = {}
+    for name in names:
+        x = np.asarray(frames[name])
+        pixels = name == "obs" and (x.dtype == np.uint8 or (x.min() >= 0 and x.max() <= 255 and
+                                                            np.array_equal(x, np.floor(x))))
+        out[name] = np.ascontiguousarray(x, dtype=np.uint8 if pixels else np.float32)
+    out["teacher_out"] = np.ascontiguousarray(frames["teacher_out"], dtype=np.float32)
+    out["saliency"] = np.ascontiguousarray(frames["saliency"], dtype=np.float32)
+    out["mapped"] = np.asarray(frames.get("mapped", np.ones(len(out["teacher_out"]), bool)), dtype=bool)
+    return out
+
+
 def dagger_epochs(epochs: int, rounds: int) -> List[int]:
     """Epoch counts after which a DAgger round collects frames: spread evenly over training."""
     return [round((k + 1) * epochs / (rounds + 1)) for k in range(rounds)]
@@ -173,8 +199,8 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
     student = PixelPolicy(PolicyConfig.for_task(task, cfg.arch)).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     names = [spec.name for spec in task.inputs]
-    keys = names + ["teacher_out", "saliency"]
-    data = {k: np.ascontiguousarray(train[k], dtype=np.float32) for k in keys}
+    data = training_arrays(train, names)
+    keys = list(data)
     added: Dict[str, np.ndarray] = {k: data[k][:0] for k in keys}  # DAgger frames so far
 
     resume_path = Path(str(out) + ".resume.pt")
@@ -187,7 +213,7 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
         try:
             student.load_state_dict(state["student"])
             optimizer.load_state_dict(state["optimizer"])
-            added = {k: v.numpy() for k, v in state["added"].items()}
+            added = {k: state["added"][k].numpy() for k in keys}
             start = int(state["epoch"])
         except (RuntimeError, ValueError, KeyError, AttributeError, TypeError):
             raise UserError(f"{resume_path} does not fit this student; delete it to start over, "
@@ -200,20 +226,14 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
     collect_after = dagger_epochs(cfg.epochs, cfg.dagger_rounds)
     bar = tqdm(total=cfg.epochs, initial=start, unit="epoch", desc=f"distill {cfg.mode}", disable=not progress,
                dynamic_ncols=True, position=bar_line)
+    full = {k: np.concatenate([data[k], added[k]]) for k in keys}
     for epoch in range(start, cfg.epochs):
-        full = {k: np.concatenate([data[k], added[k]]) for k in keys}
-        tensors = {k: torch.from_numpy(v) for k, v in full.items()}
-        if cfg.mode == "igr":
-            region = torch.ones(full["saliency"].shape)
-        else:
-            region = torch.from_numpy(selection_mask(full["saliency"], cfg.mask_rule, cfg.mask_threshold))
         n = len(full["teacher_out"])
         # Each epoch's order depends on (seed, epoch) only, so a resumed run repeats the uninterrupted one.
         order = np.random.default_rng((cfg.seed, epoch)).permutation(n)
         student.train()
-        for local, global_n in dist.batches(order, cfg.batch_size):
-            idx = torch.from_numpy(local)
-            inputs = tuple(tensors[name][idx].to(device) for name in names)
+        for local, batch in dist.batches(order, cfg.batch_size):
+            inputs = tuple(torch.as_tensor(full[name][local], dtype=torch.float32, device=device) for name in names)
             optimizer.zero_grad()
             if not len(local):
                 # A short last batch can leave a rank without frames; DDP still needs its forward and
@@ -221,13 +241,23 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
                 (model(*inputs).sum() * 0.0).backward()
                 optimizer.step()
                 continue
-            loss = distillation_loss(model(*inputs), tensors["teacher_out"][idx].to(device),
+            loss = distillation_loss(model(*inputs), torch.from_numpy(full["teacher_out"][local]).to(device),
                                      task.action.continuous, cfg.temperature)
-            reg = (gradient_penalty(model, inputs, region[idx].to(device), cfg.penalty_target, cfg.penalty_norm)
-                   if lam > 0 else torch.zeros((), device=device))
-            # Both terms are means over this rank's frames; the weight turns DDP's average over ranks into
-            # the mean over the global batch, also when a short last batch splits unevenly.
-            ((loss + lam * reg) * dist.weight(len(local), global_n)).backward()
+            # Both terms are means, the distillation loss over the batch's frames and the penalty over those
+            # of them with a teacher map (all of them for igr, which needs none); the weights turn DDP's
+            # average over ranks into the means over the global batch, also when it splits unevenly.
+            total = loss * dist.weight(len(local), len(batch))
+            reg = torch.zeros((), device=device)
+            penalised = np.ones(len(local), bool) if cfg.mode == "igr" else full["mapped"][local]
+            penalised_global = len(batch) if cfg.mode == "igr" else int(full["mapped"][batch].sum())
+            if lam > 0 and penalised.any():
+                rows = local[penalised]
+                region = (np.ones_like(full["saliency"][rows]) if cfg.mode == "igr" else
+                          selection_mask(full["saliency"][rows], cfg.mask_rule, cfg.mask_threshold))
+                reg = gradient_penalty(model, tuple(x[torch.from_numpy(penalised)] for x in inputs),
+                                       torch.from_numpy(region).to(device), cfg.penalty_target, cfg.penalty_norm)
+                total = total + lam * reg * dist.weight(len(rows), penalised_global)
+            total.backward()
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", reg=f"{reg.item():.4f}", frames=n, refresh=False)
         student.eval()
@@ -237,9 +267,10 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
             if dist.is_main:  # collected once and shared: every rank must train on the same frames
                 new = collect(teacher, task, cfg.dagger_frames, DAGGER_SEED + 1000 * k + 10_000 * cfg.seed,
                               progress=False, actor=student)
-                add_perturbation_maps(teacher, task, new, progress=False)
-            new = dist.broadcast_object(new)
-            added = {key: np.concatenate([added[key], new[key].astype(np.float32)]) for key in keys}
+                add_perturbation_maps(teacher, task, new, progress=False, maps=cfg.dagger_maps)
+            new = training_arrays(dist.broadcast_object(new), names)
+            added = {key: np.concatenate([added[key], new[key]]) for key in keys}
+            full = {k: np.concatenate([data[k], added[k]]) for k in keys}
         if dist.is_main:
             with atomic_path(resume_path) as tmp:
                 torch.save({"student": to_cpu(student.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),
@@ -250,6 +281,7 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
     student.eval()
     if dist.is_main:
         save_checkpoint(out, student, task.name, "student", distill=asdict(cfg),
-                        frames={"labels": int(len(data["teacher_out"])), "dagger": int(len(added["teacher_out"]))})
+                        frames={"labels": int(len(data["teacher_out"])), "dagger": int(len(added["teacher_out"])),
+                                "maps": int(full["mapped"].sum())})
         resume_path.unlink(missing_ok=True)
     return student

@@ -86,8 +86,8 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def batches(self, order: np.ndarray, batch_size: int) -> List[Tuple[np.ndarray, int]]:
-        """(this rank's frame indices, size of the global batch) for each global batch of `order`.
+    def batches(self, order: np.ndarray, batch_size: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """(this rank's frame indices, the global batch's) for each global batch of `order`.
 
         The global batches are the single process's: `order` cut every `batch_size`. A DistributedSampler
         over `order` (no shuffle: `order` is already the epoch's permutation) hands rank r the positions
@@ -96,9 +96,9 @@ class Distributed:
         is dropped, since a repeated frame would weigh twice in the mean."""
         n = len(order)
         if not self.active:
-            return [(order[i:i + batch_size], len(order[i:i + batch_size])) for i in range(0, n, batch_size)]
+            return [(order[i:i + batch_size], order[i:i + batch_size]) for i in range(0, n, batch_size)]
         sampler = DistributedSampler(order, num_replicas=self.world_size, rank=self.rank, shuffle=False)
         positions = np.asarray(list(sampler), dtype=np.int64)[:len(range(self.rank, n, self.world_size))]
         local = batch_size // self.world_size
-        return [(order[positions[k * local:(k + 1) * local]], min(batch_size, n - k * batch_size))
+        return [(order[positions[k * local:(k + 1) * local]], order[k * batch_size:(k + 1) * batch_size])
                 for k in range(math.ceil(n / batch_size))]

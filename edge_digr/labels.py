@@ -2,7 +2,8 @@
 
 labels.npz holds one array per graph input, named like the inputs (so it doubles as calibration data),
 plus `teacher_out` (teacher logits or action means), `saliency` (N, H, W) teacher perturbation maps,
-`episode` (N,) and, for minigrid-fetch, `target_mask` (N, H, W): the target object's tile.
+`episode` (N,), `mapped` (N,) bool: which frames have a map (`--maps`; the others hold zeros and serve
+distillation's action term only) and, for minigrid-fetch, `target_mask` (N, H, W): the target object's tile.
 """
 from __future__ import annotations
 
@@ -71,36 +72,50 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
     return data
 
 
+def mapped_frames(frames: int, maps: Optional[int]) -> np.ndarray:
+    """(frames,) bool: `maps` frames evenly spread over the rollout (all with None), so that the maps cover
+    every episode and stretch of track rather than the first few."""
+    mapped = np.zeros(frames, bool)
+    count = frames if maps is None else min(maps, frames)
+    mapped[(np.arange(count) * frames) // max(count, 1)] = True
+    return mapped
+
+
 def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.ndarray],
                           config: PerturbationConfig = PerturbationConfig(), progress: bool = True,
-                          ray_address: Optional[str] = None, ray_chunk: int = 8) -> None:
-    """data["saliency"] = the teacher's perturbation map of every frame in `data`: here, or with
-    `ray_address` as Ray tasks of `ray_chunk` frames each (edge_digr.ray_jobs), with the same result."""
+                          ray_address: Optional[str] = None, ray_chunk: int = 8, maps: Optional[int] = None) -> None:
+    """data["saliency"] = the teacher's perturbation map of `maps` frames of `data` (all with None; zeros
+    elsewhere, with data["mapped"] saying which): here, or with `ray_address` as Ray tasks of `ray_chunk`
+    frames each (edge_digr.ray_jobs), with the same result."""
     from tqdm import tqdm
 
     names = [spec.name for spec in task.inputs]
+    frames = len(data["obs"])
+    mapped = mapped_frames(frames, maps)
+    subset = {n: data[n][mapped] for n in names}
     if ray_address is not None:
         from edge_digr.ray_jobs import ray_perturbation_maps
 
-        data["saliency"] = ray_perturbation_maps(teacher, names, data, config, ray_address, ray_chunk, progress)
-        return
-    explainer = Perturbation(teacher, config)
-    maps = []
-    chunk = 16
-    frames = len(data["obs"])
-    for start in tqdm(range(0, frames, chunk), desc="perturbation saliency", unit="batch", disable=not progress):
-        inputs = tuple(torch.from_numpy(data[n][start:start + chunk]) for n in names)
-        maps.append(explainer.attribute(inputs))
-    data["saliency"] = np.concatenate(maps).astype(np.float32)
+        found = ray_perturbation_maps(teacher, names, subset, config, ray_address, ray_chunk, progress)
+    else:
+        explainer = Perturbation(teacher, config)
+        chunk = 16
+        found = np.concatenate([explainer.attribute(tuple(torch.from_numpy(subset[n][i:i + chunk]) for n in names))
+                                for i in tqdm(range(0, int(mapped.sum()), chunk), desc="perturbation saliency",
+                                              unit="batch", disable=not progress)] or
+                               [np.zeros((0,) + tuple(task.obs_shape[1:]), np.float32)])
+    saliency = np.zeros((frames,) + found.shape[1:], np.float32)
+    saliency[mapped] = found
+    data["saliency"], data["mapped"] = saliency, mapped
 
 
 def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLike,
           config: PerturbationConfig = PerturbationConfig(), progress: bool = True,
-          ray_address: Optional[str] = None, ray_chunk: int = 8) -> Dict[str, np.ndarray]:
-    """Rollouts here, maps here or on Ray; the file is written (atomically) only once every map is in, so
-    a Ctrl-C, which cancels the outstanding Ray tasks, leaves no output behind."""
+          ray_address: Optional[str] = None, ray_chunk: int = 8, maps: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Rollouts here, maps (of `maps` frames; all with None) here or on Ray; the file is written (atomically)
+    only once every map is in, so a Ctrl-C, which cancels the outstanding Ray tasks, leaves no output behind."""
     data = collect(teacher, task, frames, seed, progress)
-    add_perturbation_maps(teacher, task, data, config, progress, ray_address, ray_chunk)
+    add_perturbation_maps(teacher, task, data, config, progress, ray_address, ray_chunk, maps)
     save_labels(out, data)
     return data
 
@@ -127,6 +142,13 @@ def load_labels(path: PathLike, task: Task) -> Dict[str, np.ndarray]:
         raise UserError(f"{path} holds frames of shape {data['obs'].shape[1:]}, task {task.name!r} "
                         f"expects {tuple(task.obs_shape)}")
     return data
+
+
+def mapped_only(data: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The frames of `data` that have a teacher map: what saliency metrics and pictures compare against."""
+    if "mapped" not in data:
+        return data
+    return {k: v[data["mapped"]] for k, v in data.items()}
 
 
 def split(data: Dict[str, np.ndarray], held_out: float = 0.2):

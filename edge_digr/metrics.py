@@ -56,9 +56,10 @@ def open_policy(path: str, task: Task, device: str = "cpu") -> PolicyHandle:
 
 
 def held_out_frames(labels_path: str, task: Task) -> Dict[str, np.ndarray]:
-    from edge_digr.labels import load_labels, split
+    """The held-out episodes' frames that have a teacher perturbation map."""
+    from edge_digr.labels import load_labels, mapped_only, split
 
-    return split(load_labels(labels_path, task))[1]
+    return mapped_only(split(load_labels(labels_path, task))[1])
 
 
 def saliency_metrics(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray],

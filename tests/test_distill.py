@@ -163,6 +163,41 @@ def test_dagger_rounds_add_student_frames_labelled_by_the_teacher(tmp_path):
     cfg = DistillConfig(mode="digr", lam=1.0, epochs=2, batch_size=8, arch="edge", dagger_rounds=1, dagger_frames=5)
     distill(task, _labels(task), cfg, tmp_path / "s.pt", progress=False, teacher=teacher)
     _, config = load_checkpoint(tmp_path / "s.pt")
-    assert config["frames"] == {"labels": 12, "dagger": 5}
+    assert config["frames"] == {"labels": 12, "dagger": 5, "maps": 17}
+    cfg = DistillConfig(mode="digr", lam=1.0, epochs=2, batch_size=8, arch="edge", dagger_rounds=1, dagger_frames=5,
+                        dagger_maps=2)
+    distill(task, _labels(task), cfg, tmp_path / "m.pt", progress=False, teacher=teacher)
+    assert load_checkpoint(tmp_path / "m.pt")[1]["frames"] == {"labels": 12, "dagger": 5, "maps": 14}
+    with pytest.raises(UserError, match="--dagger-maps"):
+        DistillConfig(dagger_frames=5, dagger_maps=6).validate()
     with pytest.raises(UserError, match="need the teacher"):
         distill(task, _labels(task), cfg, tmp_path / "t.pt", progress=False)
+
+
+def test_the_penalty_reaches_only_frames_with_a_teacher_map(tmp_path):
+    """Frames without a map serve the action term only: with no map at all DIGR is plain distillation, to
+    the bit; with maps on some frames it is not."""
+    task = get_task("minigrid-fetch")
+    data = _labels(task)
+    weights = {}
+    for name, mapped in {"none": np.zeros(12, bool), "some": np.arange(12) % 4 == 0}.items():
+        cfg = DistillConfig(mode="digr", lam=10.0, epochs=2, batch_size=4, arch="edge")
+        student = distill(task, {**data, "mapped": mapped}, cfg, tmp_path / f"{name}.pt", progress=False)
+        weights[name] = student.state_dict()
+    plain = distill(task, data, DistillConfig(mode="plain", epochs=2, batch_size=4, arch="edge"),
+                    tmp_path / "plain.pt", progress=False).state_dict()
+    assert all(torch.equal(plain[k], weights["none"][k]) for k in plain)
+    assert not all(torch.equal(plain[k], weights["some"][k]) for k in plain)
+
+
+def test_training_arrays_keep_whole_pixel_values_as_uint8():
+    from edge_digr.distill import training_arrays
+
+    task = get_task("minigrid-fetch")
+    data = _labels(task)
+    names = [spec.name for spec in task.inputs]
+    assert training_arrays(data, names)["obs"].dtype == np.float32  # fractional values stay as they are
+    whole = {**data, "obs": np.floor(data["obs"])}
+    arrays = training_arrays(whole, names)
+    assert arrays["obs"].dtype == np.uint8 and np.array_equal(arrays["obs"], whole["obs"])
+    assert arrays["mapped"].dtype == bool and arrays["mapped"].all()  # labels without `mapped`: all have maps

@@ -216,15 +216,16 @@ def _labels(n, seed=0):
 @pytest.mark.parametrize("n, world", [(129, 2), (5, 4), (1, 2), (64, 4)])
 def test_ranks_share_each_global_batch_exactly(n, world):
     """Every global batch of one process is split over the ranks: no frame lost, none twice, in the same
-    batch, with the global batch size each rank weights its share by (also ranks left without frames)."""
+    batch, with the global batch each rank weights its share by (also ranks left without frames)."""
     from edge_digr.distributed import Distributed
 
     order = np.random.default_rng(0).permutation(n)
     ranks = [Distributed(r, world, r).batches(order, 64) for r in range(world)]
-    for k, (single, size) in enumerate(Distributed().batches(order, 64)):
+    for k, (single, whole) in enumerate(Distributed().batches(order, 64)):
         shares = [rank[k] for rank in ranks]
         np.testing.assert_array_equal(np.sort(np.concatenate([share for share, _ in shares])), np.sort(single))
-        assert all(global_n == size == len(single) for _, global_n in shares)
+        np.testing.assert_array_equal(whole, single)
+        assert all(np.array_equal(batch, single) for _, batch in shares)
 
 
 def _distill_args(teacher_path, labels, out, epochs):

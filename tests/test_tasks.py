@@ -31,3 +31,24 @@ def test_minigrid_image_is_minigrids_full_grid_render_pixel_for_pixel():
             if ta or tra:
                 break
     assert pickups > 0  # the walk picked things up, so carried objects were rendered too
+
+
+def test_car_racing_frames_are_gymnasiums_own_pixel_for_pixel():
+    """The vectorised road renderer draws what gymnasium's draws: the zoom-in at the start, turns, and tiles
+    that change colour once driven over, on two tracks."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("Box2D")
+    task = get_task("car-racing")
+    ours, theirs = task.make_env(), gym.make("CarRacing-v3", continuous=True)
+    assert ours.unwrapped._render_road.__func__ is not type(ours.unwrapped)._render_road  # the fast one is in
+    rng = np.random.default_rng(0)
+    for seed in (0, 3):
+        a, _ = ours.reset(seed=seed)
+        b, _ = theirs.reset(seed=seed)
+        np.testing.assert_array_equal(a, b)
+        for step in range(150):
+            action = np.array([rng.uniform(-1, 1), rng.uniform(0.3, 1), 0.0], np.float32)
+            a, b = ours.step(action)[0], theirs.step(action)[0]
+            assert np.array_equal(a, b), f"seed {seed}, step {step}: frames differ"
+    ours.close()
+    theirs.close()

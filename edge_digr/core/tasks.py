@@ -70,11 +70,16 @@ class TrainSpec:
     gae_lambda: float = 0.95
     clip_range: float = 0.2
     label_frames: int = 2000
+    # Of the labelled frames, how many get the teacher's perturbation map (None: all); the others carry the
+    # teacher's output only, for distillation's action term (edge_digr.labels.mapped_frames).
+    label_maps: Optional[int] = None
     distill_epochs: int = 30
     eval_episodes: int = 50
     digr_lambda: float = 1.0  # DIGR/IGR gradient-penalty weight (see docs/RESULTS.md for how it was chosen)
     dagger_rounds: int = 0  # distillation rounds of student rollouts labelled by the teacher
     dagger_frames: int = 2000
+    dagger_maps: Optional[int] = None  # of each DAgger round's frames, how many get a teacher map (None: all)
+    student_arch: str = "teacher"  # the students' default architecture: "teacher", or "edge" where it holds
     max_episode_steps: Optional[int] = None
     expected_wall_time: str = ""
     # How `train-teacher` gets this task's teacher by default: "ppo", or "expert" (DAgger imitation of a
@@ -226,7 +231,9 @@ def _preprocess_atari(raw: Any) -> Dict[str, np.ndarray]:
 def _make_car_racing(seed: Optional[int] = None, render_mode: Optional[str] = None, **_: Any):
     gym = _require("gymnasium")
     _require("Box2D")
-    return gym.make("CarRacing-v3", continuous=True, render_mode=render_mode)
+    from edge_digr.core.car_racing_render import install
+
+    return install(gym.make("CarRacing-v3", continuous=True, render_mode=render_mode))
 
 
 def _preprocess_rgb(raw: np.ndarray) -> Dict[str, np.ndarray]:
@@ -294,7 +301,8 @@ TASKS: Dict[str, Task] = {
         edge_arch=NATURE_EDGE,
         # PPO needs ~2M steps (~12 h on 2 cores); DAgger on the track-geometry expert needs ~50k frames.
         train=TrainSpec(teacher_steps=48_000, n_envs=8, n_steps=256, batch_size=256, n_epochs=10,
-                        learning_rate=3e-4, ent_coef=0.0, label_frames=5000, distill_epochs=20,
+                        learning_rate=3e-4, ent_coef=0.0, label_frames=16_000, label_maps=1600, distill_epochs=20,
+                        dagger_rounds=3, dagger_frames=4000, dagger_maps=400, student_arch="edge",
                         eval_episodes=20, max_episode_steps=1000, teacher_method="expert",
                         imitation_rounds=6, imitation_updates=1000,
                         expected_wall_time="DAgger on the track expert: see docs/RESULTS.md (PPO: ~12 h for 2M steps)"),

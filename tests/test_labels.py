@@ -1,0 +1,49 @@
+"""Labels with maps on some frames only: which frames, the same maps as labelling all, and the metrics and
+pictures reading only the frames that have one."""
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from edge_digr.checkpoint import save_checkpoint
+from edge_digr.cli import main
+from edge_digr.core.perturbation import PerturbationConfig
+from edge_digr.core.tasks import get_task
+from edge_digr.labels import add_perturbation_maps, collect, mapped_frames, mapped_only
+from edge_digr.policies import PixelPolicy, PolicyConfig
+
+TASK = get_task("minigrid-fetch")
+CONFIG = PerturbationConfig(stride=8)  # 25 masks a 40x40 frame: quick, every code path the same
+
+
+def test_mapped_frames_are_spread_evenly_over_the_rollout():
+    assert mapped_frames(10, None).all()
+    assert mapped_frames(10, 0).sum() == 0
+    np.testing.assert_array_equal(np.flatnonzero(mapped_frames(10, 3)), [0, 3, 6])
+    np.testing.assert_array_equal(np.flatnonzero(mapped_frames(7, 7)), np.arange(7))
+    assert mapped_frames(5, 9).all()  # more maps than frames: every frame
+
+
+def test_maps_of_some_frames_equal_those_of_labelling_all():
+    torch.manual_seed(0)
+    teacher = PixelPolicy(PolicyConfig.for_task(TASK, "edge")).eval()
+    frames = collect(teacher, TASK, 6, seed=0, progress=False)
+    every, some = dict(frames), dict(frames)
+    add_perturbation_maps(teacher, TASK, every, CONFIG, progress=False)
+    add_perturbation_maps(teacher, TASK, some, CONFIG, progress=False, maps=2)
+    np.testing.assert_array_equal(np.flatnonzero(some["mapped"]), [0, 3])
+    np.testing.assert_allclose(some["saliency"][[0, 3]], every["saliency"][[0, 3]], rtol=0, atol=1e-6)
+    assert not some["saliency"][~some["mapped"]].any() and every["mapped"].all()
+    only = mapped_only(some)
+    assert len(only["obs"]) == 2 and only["mapped"].all()
+    np.testing.assert_array_equal(only["obs"], frames["obs"][[0, 3]])
+    assert mapped_only(frames) is frames  # labels without `mapped` have a map on every frame
+
+
+def test_label_command_refuses_more_maps_than_frames(tmp_path):
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, PixelPolicy(PolicyConfig.for_task(TASK, "edge")), TASK.name, "teacher")
+    result = CliRunner().invoke(main, ["label", "--teacher", str(teacher), "--frames", "4", "--maps", "5",
+                                       "--out", str(tmp_path / "l.npz"), "--quiet"])
+    assert result.exit_code != 0 and "--maps 5 exceeds the 4 frames" in result.output
+    assert not (tmp_path / "l.npz").exists()
