@@ -260,8 +260,8 @@ def demo(task_name: str, out: str, budget: str, modes: str, teacher: Optional[st
          quiet: bool) -> None:
     """Teacher → labels → DIGR and plain students → evaluation → report.md and metrics.json.
 
-    minigrid-fetch trains its teacher (minutes); car-racing and atari-breakout use the teacher shipped in
-    models/ unless --teacher or --train-teacher says otherwise."""
+    Uses the teacher shipped in models/ unless --teacher or --train-teacher says otherwise (a task that
+    ships none trains its PPO teacher here, or asks for one)."""
     from edge_digr.demo import run_demo
     from edge_digr.core.tasks import get_task
 

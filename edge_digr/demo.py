@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,11 +46,21 @@ def budget_task(name: str, budget: str) -> Task:
     return tiny(task) if budget == "tiny" else task
 
 
-def shipped_teacher(task: Task) -> Path:
-    path = MODELS / task.name / "teacher.pt"
-    if not path.exists():
-        raise UserError(f"no shipped teacher for {task.name} at {path}; pass --teacher PATH or --train-teacher")
-    return path
+def choose_teacher(task: Task, out: Path, budget: str, teacher: Optional[Path] = None,
+                   train_teacher: bool = False, models: Path = MODELS) -> Tuple[Path, bool]:
+    """(the demo's teacher.pt, whether the demo trains it): `teacher` if given; else the one shipped in
+    `models` (the demo is about the students: a teacher is their input); else, with `train_teacher` or a
+    tiny budget, or for a PPO task that ships none, one trained into `out`."""
+    if teacher is not None and train_teacher:
+        raise UserError("pass either --teacher PATH or --train-teacher, not both")
+    if teacher is not None:
+        return teacher, False
+    shipped = models / task.name / "teacher.pt"
+    if train_teacher or budget == "tiny" or (task.train.teacher_method == "ppo" and not shipped.exists()):
+        return out / "teacher.pt", True
+    if not shipped.exists():
+        raise UserError(f"no shipped teacher for {task.name} at {shipped}; pass --teacher PATH or --train-teacher")
+    return shipped, False
 
 
 def make_teacher(task: Task, out: Path, seed: int, progress: bool) -> None:
@@ -112,22 +122,19 @@ def evaluate(job: Job) -> Dict[str, Any]:
 
 def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True,
              teacher: Optional[Path] = None, train_teacher: bool = False) -> Path:
-    """The pipeline into `out`. The teacher is `teacher` if given; else trained, for the tasks whose teacher
-    takes minutes (minigrid-fetch) or with `train_teacher` or a tiny budget; else the shipped one, for the
-    tasks whose teacher takes hours (the expert-imitation tasks). `task` must be a registry task: the student
-    and evaluation processes rebuild it by name (with `budget`), so changes made to it with `with_train`
-    would not reach them."""
+    """The pipeline into `out`, with the teacher `choose_teacher` picks. `task` must be a registry task: the
+    student and evaluation processes rebuild it by name (with `budget`), so changes made to it with
+    `with_train` would not reach them."""
     import torch
 
     from edge_digr.checkpoint import load_checkpoint
     from edge_digr.labels import label, load_labels, mapped_only, split
     from edge_digr.metrics import open_policy, saliency_timing
 
-    if teacher is not None and train_teacher:
-        raise UserError("pass either --teacher PATH or --train-teacher, not both")
     for needed in ("digr", "plain"):
         if needed not in modes:
             raise UserError(f"--modes must include digr and plain (the report compares them), got {modes}")
+    teacher_pt, trains = choose_teacher(task, out, budget, teacher, train_teacher)
     if budget == "tiny":
         task = tiny(task)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,10 +143,6 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     machine = machine_info()  # probed before the work starts, so the demo's own load does not slow it
 
     start = time.perf_counter()
-    trains = teacher is None and (train_teacher or budget == "tiny" or t.teacher_method == "ppo")
-    if teacher is None and not trains:
-        teacher = shipped_teacher(task)
-    teacher_pt = teacher or out / "teacher.pt"
     if trains and not teacher_pt.exists():
         make_teacher(task, teacher_pt, seed, progress)
     teacher_policy, teacher_config = load_checkpoint(teacher_pt)

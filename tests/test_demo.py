@@ -79,3 +79,25 @@ def test_teacher_resumes_from_its_checkpoint_with_the_threads_asked_for(tmp_path
     result = CliRunner().invoke(main, ["train-teacher", "--steps", "512", "--out", str(tmp_path / "new.pt"),
                                        "--resume"])
     assert result.exit_code != 0 and "nothing to resume" in result.output
+
+
+def test_the_demo_uses_the_shipped_teacher_unless_told_otherwise(tmp_path):
+    from edge_digr.core.errors import UserError
+    from edge_digr.core.tasks import get_task
+    from edge_digr.demo import choose_teacher
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    fetch, breakout = get_task("minigrid-fetch"), get_task("atari-breakout")
+    (models / fetch.name).mkdir(parents=True)
+    (models / fetch.name / "teacher.pt").write_bytes(b"")
+    assert choose_teacher(fetch, out, "full", models=models) == (models / fetch.name / "teacher.pt", False)
+    assert choose_teacher(fetch, out, "full", train_teacher=True, models=models) == (out / "teacher.pt", True)
+    assert choose_teacher(fetch, out, "tiny", models=models) == (out / "teacher.pt", True)
+    given = tmp_path / "mine.pt"
+    assert choose_teacher(fetch, out, "full", teacher=given, models=models) == (given, False)
+    with pytest.raises(UserError, match="either --teacher PATH or --train-teacher"):
+        choose_teacher(fetch, out, "full", teacher=given, train_teacher=True, models=models)
+    # A PPO task that ships no teacher trains one (minutes); an expert task asks for one (hours).
+    assert choose_teacher(fetch, out, "full", models=tmp_path / "none") == (out / "teacher.pt", True)
+    with pytest.raises(UserError, match="no shipped teacher for atari-breakout"):
+        choose_teacher(breakout, out, "full", models=models)
