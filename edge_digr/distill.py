@@ -267,7 +267,10 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
             if dist.is_main:  # collected once and shared: every rank must train on the same frames
                 new = collect(teacher, task, cfg.dagger_frames, DAGGER_SEED + 1000 * k + 10_000 * cfg.seed,
                               progress=False, actor=student)
-                add_perturbation_maps(teacher, task, new, progress=False, maps=cfg.dagger_maps)
+                # Only digr's penalty reads maps (igr's region is everywhere, plain has none): the others
+                # skip them, hundreds of teacher passes a frame.
+                add_perturbation_maps(teacher, task, new, progress=False,
+                                      maps=cfg.dagger_maps if cfg.mode == "digr" and lam > 0 else 0)
             new = training_arrays(dist.broadcast_object(new), names)
             added = {key: np.concatenate([added[key], new[key]]) for key in keys}
             full = {k: np.concatenate([data[k], added[k]]) for k in keys}

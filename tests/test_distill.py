@@ -168,6 +168,9 @@ def test_dagger_rounds_add_student_frames_labelled_by_the_teacher(tmp_path):
                         dagger_maps=2)
     distill(task, _labels(task), cfg, tmp_path / "m.pt", progress=False, teacher=teacher)
     assert load_checkpoint(tmp_path / "m.pt")[1]["frames"] == {"labels": 12, "dagger": 5, "maps": 14}
+    plain = DistillConfig(mode="plain", epochs=2, batch_size=8, arch="edge", dagger_rounds=1, dagger_frames=5)
+    distill(task, _labels(task), plain, tmp_path / "p.pt", progress=False, teacher=teacher)
+    assert load_checkpoint(tmp_path / "p.pt")[1]["frames"] == {"labels": 12, "dagger": 5, "maps": 12}  # none needed
     with pytest.raises(UserError, match="--dagger-maps"):
         DistillConfig(dagger_frames=5, dagger_maps=6).validate()
     with pytest.raises(UserError, match="need the teacher"):
