@@ -208,7 +208,7 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
         frame = display_frame(feed["obs"][i])
         panels = [frame, heat_overlay(frame, test["saliency"][picks[i]])] + \
             [heat_overlay(frame, maps[title][i]) for title in columns]
-        scale = max(1, 160 // frame.shape[0])
+        scale = max(1, -(-160 // frame.shape[0]))  # panels at least 160 px tall, to be read
         tiles = [Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST) for p in panels]
         w, h = tiles[0].size
         strip = Image.new("RGB", (w * len(tiles), h + 14), "white")

@@ -93,7 +93,9 @@ def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.n
     frames = len(data["obs"])
     mapped = mapped_frames(frames, maps)
     subset = {n: data[n][mapped] for n in names}
-    if ray_address is not None:
+    if not mapped.any():
+        found = np.zeros((0,) + tuple(task.obs_shape[1:]), np.float32)
+    elif ray_address is not None:
         from edge_digr.ray_jobs import ray_perturbation_maps
 
         found = ray_perturbation_maps(teacher, names, subset, config, ray_address, ray_chunk, progress)
@@ -102,8 +104,7 @@ def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.n
         chunk = 16
         found = np.concatenate([explainer.attribute(tuple(torch.from_numpy(subset[n][i:i + chunk]) for n in names))
                                 for i in tqdm(range(0, int(mapped.sum()), chunk), desc="perturbation saliency",
-                                              unit="batch", disable=not progress)] or
-                               [np.zeros((0,) + tuple(task.obs_shape[1:]), np.float32)])
+                                              unit="batch", disable=not progress)])
     saliency = np.zeros((frames,) + found.shape[1:], np.float32)
     saliency[mapped] = found
     data["saliency"], data["mapped"] = saliency, mapped
