@@ -22,6 +22,7 @@ from edge_digr.core.tasks import Task, get_task
 from edge_digr.machine import machine_info, machine_line
 
 STRIP_FRAMES = 4
+LEGEND_HEIGHT = 12  # px under a strip for its colour legend
 COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
 
 
@@ -196,7 +197,7 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
     from PIL import Image, ImageDraw
 
     from edge_digr.core.metrics import collapse_components
-    from edge_digr.runtime.overlay import display_frame, heat_overlay
+    from edge_digr.runtime.overlay import colormap, display_frame, heat_overlay
 
     count = min(STRIP_FRAMES, len(test["obs"]))
     picks = np.linspace(0, len(test["obs"]) - 1, count).astype(int)
@@ -211,11 +212,16 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
         scale = max(1, -(-160 // frame.shape[0]))  # panels at least 160 px tall, to be read
         tiles = [Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST) for p in panels]
         w, h = tiles[0].size
-        strip = Image.new("RGB", (w * len(tiles), h + 14), "white")
+        strip = Image.new("RGB", (w * len(tiles), h + 14 + LEGEND_HEIGHT), "white")
         draw = ImageDraw.Draw(strip)
         for j, (tile, title) in enumerate(zip(tiles, titles)):
             strip.paste(tile, (j * w, 14))
             draw.text((j * w + 2, 1), title, fill="black")
+        # The legend: the colour ramp under the first map, from 0 to each map's own maximum (the maps differ
+        # in units, a perturbation score against gradient magnitudes, so each is scaled to its peak).
+        ramp = colormap(np.linspace(0.0, 1.0, w)[None, :].repeat(6, axis=0))
+        strip.paste(Image.fromarray(ramp), (w, h + 16))
+        draw.text((2 * w + 4, h + 14), "colour: 0 to each map's own maximum", fill="black")
         name = f"{prefix}_{i}.png"
         strip.save(out / name)
         names.append(name)

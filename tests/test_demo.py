@@ -35,8 +35,11 @@ def test_minigrid_demo_writes_report_metrics_and_students(tmp_path):
     strips = sorted(out.glob("strip_*.png"))
     assert strips and all(s.name in report for s in strips)
     from PIL import Image
+
+    from edge_digr.demo import LEGEND_HEIGHT
     with Image.open(strips[0]) as img:
-        assert img.width == 4 * (img.height - 14)  # four square panels side by side under a title row
+        panel = img.height - 14 - LEGEND_HEIGHT  # four square panels between a title row and a legend
+        assert img.width == 4 * panel and panel >= 160
 
 
 @pytest.mark.parametrize("task", ["atari-breakout", "car-racing"])
