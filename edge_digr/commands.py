@@ -113,7 +113,8 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 @seed_option
 @quiet_option
 def label(task_name: str, teacher: str, frames: Optional[int], out: str, maps: Optional[int], stride: int,
-          mask_sigma: float, blur_sigma: float, ray_address: Optional[str], ray_chunk: int, device: str, seed: int, quiet: bool) -> None:
+          mask_sigma: float, blur_sigma: float, ray_address: Optional[str], ray_chunk: int, device: str, seed: int,
+          quiet: bool) -> None:
     """Roll the teacher out and label each frame with its perturbation saliency.
 
     The rollouts run here (on --device); with --ray the maps run as Ray tasks on the cluster's CPUs."""

@@ -154,6 +154,11 @@ def training_arrays(frames: Dict[str, np.ndarray], names: List[str]) -> Dict[str
     return out
 
 
+def penalised_frames(mode: str, mapped: np.ndarray) -> np.ndarray:
+    """The frames the penalty reaches: those with a teacher map (digr), or all of them (igr needs no map)."""
+    return mapped if mode == "digr" else np.ones(len(mapped), bool)
+
+
 def dagger_epochs(epochs: int, rounds: int) -> List[int]:
     """Epoch counts after which a DAgger round collects frames: spread evenly over training."""
     return [round((k + 1) * epochs / (rounds + 1)) for k in range(rounds)]
@@ -227,6 +232,7 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
     bar = tqdm(total=cfg.epochs, initial=start, unit="epoch", desc=f"distill {cfg.mode}", disable=not progress,
                dynamic_ncols=True, position=bar_line)
     full = {k: np.concatenate([data[k], added[k]]) for k in keys}
+    penalised = penalised_frames(cfg.mode, full["mapped"])
     for epoch in range(start, cfg.epochs):
         n = len(full["teacher_out"])
         # Each epoch's order depends on (seed, epoch) only, so a resumed run repeats the uninterrupted one.
@@ -248,15 +254,14 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
             # average over ranks into the means over the global batch, also when it splits unevenly.
             total = loss * dist.weight(len(local), len(batch))
             reg = torch.zeros((), device=device)
-            penalised = np.ones(len(local), bool) if cfg.mode == "igr" else full["mapped"][local]
-            penalised_global = len(batch) if cfg.mode == "igr" else int(full["mapped"][batch].sum())
-            if lam > 0 and penalised.any():
-                rows = local[penalised]
+            here = penalised[local]
+            if lam > 0 and here.any():
+                rows = local[here]
                 region = (np.ones_like(full["saliency"][rows]) if cfg.mode == "igr" else
                           selection_mask(full["saliency"][rows], cfg.mask_rule, cfg.mask_threshold))
-                reg = gradient_penalty(model, tuple(x[torch.from_numpy(penalised)] for x in inputs),
+                reg = gradient_penalty(model, tuple(x[torch.from_numpy(here)] for x in inputs),
                                        torch.from_numpy(region).to(device), cfg.penalty_target, cfg.penalty_norm)
-                total = total + lam * reg * dist.weight(len(rows), penalised_global)
+                total = total + lam * reg * dist.weight(len(rows), int(penalised[batch].sum()))
             total.backward()
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", reg=f"{reg.item():.4f}", frames=n, refresh=False)
@@ -273,7 +278,8 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
                                       maps=cfg.dagger_maps if cfg.mode == "digr" and lam > 0 else 0)
             new = training_arrays(dist.broadcast_object(new), names)
             added = {key: np.concatenate([added[key], new[key]]) for key in keys}
-            full = {k: np.concatenate([data[k], added[k]]) for k in keys}
+            full = {key: np.concatenate([full[key], new[key]]) for key in keys}
+            penalised = penalised_frames(cfg.mode, full["mapped"])
         if dist.is_main:
             with atomic_path(resume_path) as tmp:
                 torch.save({"student": to_cpu(student.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),

@@ -92,7 +92,7 @@ def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.n
     names = [spec.name for spec in task.inputs]
     frames = len(data["obs"])
     mapped = mapped_frames(frames, maps)
-    subset = {n: data[n][mapped] for n in names}
+    subset = data if mapped.all() else {n: data[n][mapped] for n in names}  # no copy of every frame
     if not mapped.any():
         found = np.zeros((0,) + tuple(task.obs_shape[1:]), np.float32)
     elif ray_address is not None:

@@ -69,14 +69,15 @@ def render_road(self: Any, zoom: float, translation: Tuple[float, float], angle:
     draw(road, self.road_poly)
 
 
-_GRASS = _grass(2000 / 6.0 / 20.0)  # GRASS_DIM = PLAYFIELD / 20 (checked against gymnasium's in install())
+GRASS_DIM = 2000 / 6.0 / 20.0  # gymnasium's PLAYFIELD / 20, written out so that importing this needs no gymnasium
+_GRASS = _grass(GRASS_DIM)
 
 
 def install(env: Any) -> Any:
     """Give this CarRacing env the vectorised road renderer; returns `env`."""
     from gymnasium.envs.box2d import car_racing as cr
 
-    if cr.GRASS_DIM != 2000 / 6.0 / 20.0:  # another gymnasium: keep its own renderer
+    if cr.GRASS_DIM != GRASS_DIM:  # another gymnasium, other patches: keep its own renderer
         return env
     base = env.unwrapped
     base._render_road = MethodType(render_road, base)
