@@ -23,6 +23,7 @@ from edge_digr.machine import machine_info, machine_line
 
 STRIP_FRAMES = 4
 LEGEND_HEIGHT = 12  # px under a strip for its colour legend
+ROW_PERCENTILE = 99.0  # a strip row's colour scale ends at its maps' largest value at this percentile
 COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
 
 
@@ -191,6 +192,13 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     return report
 
 
+def evenness(saliency: np.ndarray) -> np.ndarray:
+    """Each pixel's share of the map's total, times the pixel count: 1 everywhere for an even map."""
+    sal = np.abs(np.nan_to_num(np.asarray(saliency, dtype=np.float64)))
+    total = sal.sum()
+    return sal * (sal.size / total) if total > 0 else sal
+
+
 def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray], out: Path,
                  columns: Dict[str, str] = COLUMNS, prefix: str = "strip") -> List[str]:
     """One PNG per sample frame: frame | teacher perturbation | each column's gradient map."""
@@ -207,8 +215,13 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
     names = []
     for i in range(count):
         frame = display_frame(feed["obs"][i])
-        panels = [frame, heat_overlay(frame, test["saliency"][picks[i]])] + \
-            [heat_overlay(frame, maps[title][i]) for title in columns]
+        # One colour scale per row: each map as each pixel's share of the map's total (× the pixel count, so 1
+        # is an even spread), the scale set by the row's largest 99th percentile. The maps differ in units (a
+        # perturbation score against gradient magnitudes); shares do not, and a focused map shows brighter
+        # where it focuses than a diffuse one. The top 1 % of a spiky map saturates.
+        row = [evenness(test["saliency"][picks[i]])] + [evenness(maps[title][i]) for title in columns]
+        peak = max(float(np.percentile(m, ROW_PERCENTILE)) for m in row)
+        panels = [frame] + [heat_overlay(frame, m, peak=peak) for m in row]
         scale = max(1, -(-160 // frame.shape[0]))  # panels at least 160 px tall, to be read
         tiles = [Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST) for p in panels]
         w, h = tiles[0].size
@@ -217,11 +230,9 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
         for j, (tile, title) in enumerate(zip(tiles, titles)):
             strip.paste(tile, (j * w, 14))
             draw.text((j * w + 2, 1), title, fill="black")
-        # The legend: the colour ramp under the first map, from 0 to each map's own maximum (the maps differ
-        # in units, a perturbation score against gradient magnitudes, so each is scaled to its peak).
         ramp = colormap(np.linspace(0.0, 1.0, w)[None, :].repeat(6, axis=0))
         strip.paste(Image.fromarray(ramp), (w, h + 16))
-        draw.text((2 * w + 4, h + 14), "colour: 0 to each map's own maximum", fill="black")
+        draw.text((2 * w + 4, h + 14), f"0 to {peak:.1f}x an even share (one scale per row)", fill="black")
         name = f"{prefix}_{i}.png"
         strip.save(out / name)
         names.append(name)

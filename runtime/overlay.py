@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -37,10 +37,12 @@ def display_frame(obs: np.ndarray) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def heat_overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """The frame (in grey, so the colours are the map's) blended with the map normalised to its maximum."""
+def heat_overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55,
+                 peak: Optional[float] = None) -> np.ndarray:
+    """The frame (in grey, so the colours are the map's) blended with the map divided by `peak` (default:
+    the map's own maximum; values above it saturate)."""
     sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32))
-    peak = float(sal.max())
+    peak = float(sal.max()) if peak is None else peak
     heat = colormap(sal / peak if peak > 0 else sal).astype(np.float32)
     grey = frame.astype(np.float32).mean(axis=2, keepdims=True)
     return np.clip((1 - alpha) * grey + alpha * heat, 0, 255).astype(np.uint8)

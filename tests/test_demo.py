@@ -104,3 +104,14 @@ def test_the_demo_uses_the_shipped_teacher_unless_told_otherwise(tmp_path):
     assert choose_teacher(fetch, out, "full", models=tmp_path / "none") == (out / "teacher.pt", True)
     with pytest.raises(UserError, match="no shipped teacher for atari-breakout"):
         choose_teacher(breakout, out, "full", models=models)
+
+
+def test_evenness_is_unit_free_and_one_for_an_even_map():
+    from edge_digr.demo import evenness
+
+    np.testing.assert_allclose(evenness(np.full((4, 5), 7.0)), np.ones((4, 5)))
+    spiky = np.zeros((4, 5))
+    spiky[1, 2] = 3.0
+    np.testing.assert_allclose(evenness(spiky), evenness(1000 * spiky))
+    assert evenness(spiky)[1, 2] == 20  # the whole map in one of 20 pixels
+    assert not evenness(np.zeros((2, 2))).any()

@@ -11,7 +11,7 @@ from PIL import Image
 from edge_digr.core.errors import UserError
 from edge_digr.core.manifest import for_task
 from edge_digr.runtime.feeds import EnvFeed, FeedRecorder, ReplayFeed, load_replay, open_feed, parse_carla_url
-from edge_digr.runtime.overlay import Recorder, colormap, compose, display_frame
+from edge_digr.runtime.overlay import Recorder, colormap, compose, display_frame, heat_overlay
 from edge_digr.core.tasks import get_task
 
 
@@ -163,6 +163,16 @@ def test_overlay_is_brightest_where_saliency_peaks():
     overlay = image[:, 20 * scale:].sum(axis=2)
     y, x = np.unravel_index(np.argmax(overlay), overlay.shape)
     assert (y // scale, x // scale) == (5, 7)
+
+
+def test_overlay_on_a_given_scale_saturates_above_it():
+    frame = np.zeros((1, 3, 3), np.uint8)
+    sal = np.array([[0.5, 1.0, 3.0]])
+    own = heat_overlay(frame, sal)  # its own maximum, 3, is the top colour
+    shared = heat_overlay(frame, sal, peak=1.0)
+    np.testing.assert_array_equal(shared[0, 1], shared[0, 2])  # 1 and 3 both at the top of the scale
+    np.testing.assert_array_equal(shared[0, 1], own[0, 2])
+    assert shared[0, 0].astype(int).sum() > own[0, 0].astype(int).sum()  # 0.5 of 1 is brighter than 0.5 of 3
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".gif"])
