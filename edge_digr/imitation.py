@@ -138,14 +138,17 @@ def imitation_loss(out: torch.Tensor, target: torch.Tensor, continuous: bool) ->
 
 
 def train_on(learner: PixelPolicy, optimizer: torch.optim.Optimizer, task: Task, data: Dict[str, np.ndarray],
-             updates: int, batch_size: int, rng: np.random.Generator) -> float:
+             updates: int, batch_size: int, rng: np.random.Generator, progress: bool = False,
+             desc: str = "updates") -> float:
     """`updates` minibatch steps on frames drawn uniformly from `data`; returns the last 100 steps' mean loss."""
+    from tqdm import tqdm
+
     names = [spec.name for spec in task.inputs]
     n = len(data["expert_action"])
     target = torch.from_numpy(data["expert_action"]).to(learner.device)
     losses: List[float] = []
     learner.train()
-    for _ in range(updates):
+    for _ in tqdm(range(updates), desc=desc, unit="update", disable=not progress, dynamic_ncols=True, leave=False):
         idx = rng.integers(0, n, size=min(batch_size, n))
         inputs = learner.inputs_from({name: data[name][idx] for name in names})
         loss = imitation_loss(learner(*inputs), target[idx], task.action.continuous)
@@ -221,7 +224,7 @@ def train_imitation(task: Task, expert: Any, run: ImitationRun, resume: bool = F
         rounds.append(new)
         data = {key: np.concatenate([r[key] for r in rounds]) for key in rounds[0] if key != "returns"}
         loss = train_on(learner, optimizer, task, data, cfg.updates_per_round, cfg.batch_size,
-                        np.random.default_rng((cfg.seed, k)))
+                        np.random.default_rng((cfg.seed, k)), progress=run.progress, desc=f"round {k} updates")
         mixed = new["returns"]
         history.append({"round": k, "beta": beta, "frames": int(len(data["expert_action"])), "loss": loss,
                         "mixed_return": float(mixed.mean()) if len(mixed) else float("nan")})

@@ -1,4 +1,4 @@
-"""Breakout RAM expert: landing prediction, RAM decoding on a recorded emulator trace, paddle model, actions.
+"""Breakout RAM expert: landing prediction, RAM decoding on a recorded emulator trace, actions.
 
 The fixture tests/data/breakout_ram.npz is a real ALE 0.12.1 run (seed 0, no sticky actions, one emulator
 frame per row): FIRE, a scripted left/right paddle dance that misses the ball (which bounces off the
@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_digr.experts.breakout import (FIRE, LEFT, LEFT_WALL, NOOP, RIGHT, RIGHT_WALL, BreakoutExpert, Contact,
-                                        ball_vx, catch_cost, decode_ram, executed_action, paddle_frame,
-                                        plan_contact, predict_landing_x, predict_return_x, reflect)
+from edge_digr.experts.breakout import (DEAD_BAND, FIRE, LEFT, LEFT_WALL, NOOP, RIGHT, BreakoutExpert, ball_vx,
+                                        decode_ram, predict_landing_x, predict_return_x, reflect)
 
 FIXTURE = Path(__file__).parent / "data" / "breakout_ram.npz"
 # Screen (160 px wide) = RAM coordinate minus these, measured when recording the fixture.
@@ -118,17 +117,6 @@ def test_decode_ram_rejects_a_wrong_size():
         decode_ram(np.zeros(64, dtype=np.uint8))
 
 
-def test_paddle_model_tracks_the_recorded_paddle(trace):
-    states = [decode_ram(r) for r in trace["ram"]]
-    x, pot = states[0].paddle_x, states[0].paddle_pot
-    errors = []
-    for action, state in zip(trace["action"][1:], states[1:]):
-        x, pot = paddle_frame(x, pot, int(action))
-        errors.append(abs(x - state.paddle_x))
-        x, pot = state.paddle_x, state.paddle_pot  # one-frame predictions, re-anchored on the truth
-    assert np.mean(np.array(errors) == 0) > 0.9 and max(errors) <= 2
-
-
 def test_recorded_ball_bounces_off_the_left_wall(trace):
     xs = [decode_ram(r).ball_x for r in trace["ram"]]
     turn = int(np.argmin(xs[:100]))
@@ -138,10 +126,9 @@ def test_recorded_ball_bounces_off_the_left_wall(trace):
 # ----------------------------------------------------------------------------------------- act
 def make_ram(ball_x: int = 0, ball_y: int = 0, paddle_x: int = 120, lives: int = 5, half_width: int = 8
              ) -> np.ndarray:
-    """A RAM image with only the expert's bytes set; the paddle at rest (pot matches its x)."""
+    """A RAM image with only the expert's bytes set."""
     ram = np.zeros(128, dtype=np.uint8)
     ram[99], ram[101], ram[72], ram[57], ram[108] = ball_x, ball_y, paddle_x, lives, half_width
-    ram[70] = 235 - paddle_x
     return ram
 
 
@@ -174,42 +161,25 @@ def test_stays_put_when_the_ball_lands_mid_paddle():
     assert expert.act_on_ram(make_ram(ball_x=129, ball_y=108, paddle_x=120)) == NOOP
 
 
-@pytest.mark.parametrize("ball_x, frames", [(159, 8), (140, 5), (90, 12), (130, 3), (175, 11)])
-def test_contact_plan_brings_the_paddle_under_the_ball(ball_x, frames):
-    # Closed loop on the paddle model (no sticky repeats): re-plan every agent step until contact, from a
-    # paddle resting at 120; the ball must be inside the 16 px paddle's catch window at the contact frame.
-    x, pot, last = 120, 115, NOOP
-    while frames > 0:
-        last = plan_contact(x, pot, last, frames, Contact(ball_x, step_dx=0, frames=1, width=16))
-        for _ in range(min(4, frames)):
-            x, pot = paddle_frame(x, pot, last)
-        frames -= 4
-    assert 1 <= ball_x - x <= 17
+def test_a_paddle_still_moving_is_credited_with_where_it_will_stop():
+    # Landing 14 px right of the 16 px paddle's middle (120 + 9): a paddle at rest presses RIGHT; one that
+    # moved 12 px right over the last step comes to rest 6 px further on, inside the dead band: it waits.
+    still = BreakoutExpert()
+    still.act_on_ram(make_ram(ball_x=143, ball_y=100, paddle_x=120))
+    assert still.act_on_ram(make_ram(ball_x=143, ball_y=108, paddle_x=120)) == RIGHT
+    moving = BreakoutExpert()
+    moving.act_on_ram(make_ram(ball_x=143, ball_y=100, paddle_x=108))
+    assert moving.act_on_ram(make_ram(ball_x=143, ball_y=108, paddle_x=120)) == NOOP
 
 
-def test_contact_plan_stays_put_when_the_ball_already_lands_mid_paddle():
-    contact = Contact(ball_x=129, step_dx=4, frames=2, width=16)
-    assert plan_contact(120, 115, NOOP, 10, contact) == NOOP
-    assert plan_contact(120, 115, RIGHT, 10, contact) != RIGHT
-
-
-def test_small_paddle_narrows_the_catch_window():
-    # Landing 15 px right of the resting paddle's left edge: caught by the 16 px paddle as it is, not by
-    # the 12 px one, which must move right before the ball comes down (fed one agent step at a time).
-    assert catch_cost(120, 115, NOOP, Contact(ball_x=135, step_dx=0, frames=1, width=16)) < 1
-    assert catch_cost(120, 115, NOOP, Contact(ball_x=135, step_dx=0, frames=1, width=12)) >= 1
+@pytest.mark.parametrize("half_width, expected", [(8, NOOP), (6, RIGHT)])
+def test_the_aim_is_the_middle_of_the_paddle_as_wide_as_it_is_now(half_width, expected):
+    # Landing DEAD_BAND + 1 px right of the 12 px paddle's middle (120 + 7), 3 px inside the band of the
+    # 16 px one's (120 + 9).
+    landing = 127 + int(DEAD_BAND) + 1
     expert = BreakoutExpert()
-    actions = [expert.act_on_ram(make_ram(ball_x=135, ball_y=y, paddle_x=120, half_width=6))
-               for y in range(137, 177, 8)]
-    assert RIGHT in actions and LEFT not in actions
-
-
-def test_a_slow_ball_can_be_caught_on_a_later_frame_in_the_paddle_rows():
-    # 2 px left of the paddle at the first frame: a miss for a ball that passes in one frame, a catch for
-    # one that stays 4 frames while the paddle, still moving left, comes under it.
-    moving_left = (120, 135, LEFT)  # x, pot (rest 100), last action
-    assert catch_cost(*moving_left, Contact(ball_x=119, step_dx=0, frames=1, width=16)) >= 1
-    assert catch_cost(*moving_left, Contact(ball_x=119, step_dx=0, frames=4, width=16)) < 1
+    expert.act_on_ram(make_ram(ball_x=landing, ball_y=100, half_width=half_width))
+    assert expert.act_on_ram(make_ram(ball_x=landing, ball_y=108, half_width=half_width)) == expected
 
 
 def test_act_reads_the_env_ram():
@@ -246,18 +216,6 @@ def test_a_frame_number_going_back_starts_a_new_episode():
         BreakoutExpert().act_on_ram(make_ram(ball_x=136, ball_y=108, paddle_x=120), 60)
 
 
-@pytest.mark.parametrize("own, pot_before, pot_now, executed", [
-    (RIGHT, 100, 76, RIGHT),  # a full step of presses: as chosen
-    (RIGHT, 100, 88, NOOP),   # pressed late (two sticky frames of NOOP) or another driver released: unclear
-    (NOOP, 100, 94, NOOP),    # a press carried one frame into the release: released now
-    (NOOP, 100, 124, LEFT),   # the env ran LEFT (DAgger: the student's action), not the expert's NOOP
-    (LEFT, 100, 100, NOOP),   # the env ran NOOP instead of the expert's LEFT
-    (RIGHT, 0, 0, RIGHT),     # pressing against the pot's end stop moves nothing
-])
-def test_executed_action_trusts_the_pot_over_the_expert_s_own_choice(own, pot_before, pot_now, executed):
-    assert executed_action(own, pot_before, pot_now) == executed
-
-
 def test_one_real_env_step():
     pytest.importorskip("ale_py", reason="ale_py (Atari emulator) not installed")
     pytest.importorskip("cv2", reason="opencv not installed (AtariPreprocessing resizes with it)")
@@ -273,6 +231,26 @@ def test_one_real_env_step():
         state = decode_ram(env.unwrapped.ale.getRAM())
         assert state.ball_in_play and state.lives == 5
         assert expert.act(env) in (NOOP, RIGHT, LEFT)
+    finally:
+        env.close()
+
+
+def test_keeps_the_ball_in_play_on_the_real_env():
+    # 500 agent steps of seed 0 with sticky actions: the expert loses at most one ball (measured: one,
+    # and 15 points); a tracker that follows the ball's current x without predicting loses three.
+    pytest.importorskip("ale_py", reason="ale_py (Atari emulator) not installed")
+    pytest.importorskip("cv2", reason="opencv not installed (AtariPreprocessing resizes with it)")
+    from edge_digr.core.tasks import TASKS
+
+    env = TASKS["atari-breakout"].make_env()
+    try:
+        env.reset(seed=0)
+        expert, points = BreakoutExpert(), 0.0
+        for _ in range(500):
+            _, reward, terminated, truncated, _ = env.step(expert.act(env))
+            points += float(reward)
+            assert not (terminated or truncated)
+        assert decode_ram(env.unwrapped.ale.getRAM()).lives >= 4 and points >= 10
     finally:
         env.close()
 
