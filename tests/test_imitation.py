@@ -26,6 +26,27 @@ def test_round_seeds_never_reach_the_evaluation_seeds():
     assert not used & set(range(EVAL_SEED, EVAL_SEED + 10_000))
 
 
+def test_the_task_s_budget_splits_over_its_rounds_with_its_learning_rate():
+    breakout, car = get_task("atari-breakout").train, get_task("car-racing").train
+    cfg = ImitationConfig.for_task(get_task("atari-breakout"))
+    assert (cfg.rounds, cfg.steps_per_round * cfg.rounds) == (breakout.imitation_rounds, breakout.teacher_steps)
+    assert cfg.lr == breakout.imitation_lr != car.imitation_lr == ImitationConfig.for_task(get_task("car-racing")).lr
+    assert ImitationConfig.for_task(get_task("car-racing"), steps=600, rounds=3).steps_per_round == 200
+
+
+def test_mirrored_half_flips_the_image_and_swaps_left_and_right():
+    from edge_digr.imitation import mirrored_half
+
+    obs = torch.arange(64 * 2 * 3, dtype=torch.float32).reshape(64, 1, 2, 3)
+    labels = torch.tensor([0, 1, 2, 3] * 16)
+    (out,), swapped = mirrored_half((obs,), labels, torch.tensor([0, 1, 3, 2]), np.random.default_rng(0))
+    flipped = (out != obs).flatten(1).any(1)
+    assert 10 < int(flipped.sum()) < 54  # about half
+    assert torch.equal(out[flipped], obs[flipped].flip(-1)) and torch.equal(out[~flipped], obs[~flipped])
+    assert torch.equal(swapped[~flipped], labels[~flipped])
+    assert torch.equal(swapped[flipped], torch.tensor([0, 1, 3, 2])[labels[flipped]])
+
+
 def test_beta_halves_each_round_from_the_expert_alone():
     assert [TINY.beta(k) for k in range(3)] == [1.0, 0.5, 0.25]
     with pytest.raises(UserError):

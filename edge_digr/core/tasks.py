@@ -88,6 +88,10 @@ class TrainSpec:
     teacher_method: str = "ppo"
     imitation_rounds: int = 6
     imitation_updates: int = 1000  # gradient steps after each DAgger round
+    imitation_lr: float = 3e-4  # Adam's learning rate for the DAgger learner
+    # For a left-right symmetric game, the action each discrete action becomes in the mirrored frame: the
+    # DAgger learner then trains on mirrored frames too (edge_digr.imitation.mirrored_half). Empty: none.
+    mirror_actions: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -284,10 +288,13 @@ TASKS: Dict[str, Task] = {
         teacher_arch=NATURE,
         edge_arch=NATURE_EDGE,
         # PPO from scratch needs ~10M steps (~30 h on 2 cores); DAgger on the RAM expert needs far fewer frames.
-        train=TrainSpec(teacher_steps=120_000, n_envs=8, n_steps=128, batch_size=256, n_epochs=4,
+        # Its learner is fed more updates, at a higher rate, than car-racing's: Breakout's labels hinge on
+        # a few pixels (docs/RESULTS.md, "Breakout: an expert the frames explain").
+        train=TrainSpec(teacher_steps=240_000, n_envs=8, n_steps=128, batch_size=256, n_epochs=4,
                         learning_rate=2.5e-4, ent_coef=0.01, label_frames=5000, distill_epochs=20,
                         eval_episodes=10, max_episode_steps=27_000, teacher_method="expert",
-                        imitation_rounds=6, imitation_updates=1500,
+                        imitation_rounds=12, imitation_updates=2000, imitation_lr=1e-3,
+                        mirror_actions=(0, 1, 3, 2),  # noop, fire, right <-> left
                         expected_wall_time="DAgger on the RAM expert: see docs/RESULTS.md (PPO: ~30 h for 10M steps)"),
         make_env=_make_atari,
         preprocess=_preprocess_atari,
