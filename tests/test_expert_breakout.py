@@ -216,43 +216,38 @@ def test_a_frame_number_going_back_starts_a_new_episode():
         BreakoutExpert().act_on_ram(make_ram(ball_x=136, ball_y=108, paddle_x=120), 60)
 
 
-def test_one_real_env_step():
+@pytest.fixture
+def env():
+    """The task's Breakout env (sticky actions, frame skip 4), reset with seed 0."""
     pytest.importorskip("ale_py", reason="ale_py (Atari emulator) not installed")
     pytest.importorskip("cv2", reason="opencv not installed (AtariPreprocessing resizes with it)")
     from edge_digr.core.tasks import TASKS
 
     env = TASKS["atari-breakout"].make_env()
-    try:
-        env.reset(seed=0)
-        expert = BreakoutExpert()
-        assert expert.act(env) == FIRE  # nothing served yet
-        env.step(FIRE)
-        env.step(NOOP)
-        state = decode_ram(env.unwrapped.ale.getRAM())
-        assert state.ball_in_play and state.lives == 5
-        assert expert.act(env) in (NOOP, RIGHT, LEFT)
-    finally:
-        env.close()
+    env.reset(seed=0)
+    yield env
+    env.close()
 
 
-def test_keeps_the_ball_in_play_on_the_real_env():
+def test_one_real_env_step(env):
+    expert = BreakoutExpert()
+    assert expert.act(env) == FIRE  # nothing served yet
+    env.step(FIRE)
+    env.step(NOOP)
+    state = decode_ram(env.unwrapped.ale.getRAM())
+    assert state.ball_in_play and state.lives == 5
+    assert expert.act(env) in (NOOP, RIGHT, LEFT)
+
+
+def test_keeps_the_ball_in_play_on_the_real_env(env):
     # 500 agent steps of seed 0 with sticky actions: the expert loses at most one ball (measured: one,
     # and 15 points); a tracker that follows the ball's current x without predicting loses three.
-    pytest.importorskip("ale_py", reason="ale_py (Atari emulator) not installed")
-    pytest.importorskip("cv2", reason="opencv not installed (AtariPreprocessing resizes with it)")
-    from edge_digr.core.tasks import TASKS
-
-    env = TASKS["atari-breakout"].make_env()
-    try:
-        env.reset(seed=0)
-        expert, points = BreakoutExpert(), 0.0
-        for _ in range(500):
-            _, reward, terminated, truncated, _ = env.step(expert.act(env))
-            points += float(reward)
-            assert not (terminated or truncated)
-        assert decode_ram(env.unwrapped.ale.getRAM()).lives >= 4 and points >= 10
-    finally:
-        env.close()
+    expert, points = BreakoutExpert(), 0.0
+    for _ in range(500):
+        _, reward, terminated, truncated, _ = env.step(expert.act(env))
+        points += float(reward)
+        assert not (terminated or truncated)
+    assert decode_ram(env.unwrapped.ale.getRAM()).lives >= 4 and points >= 10
 
 
 # ----------------------------------------------------------------------------------- the fixture
