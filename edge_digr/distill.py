@@ -19,6 +19,8 @@ from edge_digr.checkpoint import read_resume_state, save_checkpoint, to_cpu
 from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import PathLike, atomic_path
 from edge_digr.distributed import Distributed
+from edge_digr.labels import add_perturbation_maps, collect, whole_pixels
+from edge_digr.mirror import flip_rows, mirrored_actions, mirrored_logits
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.saliency import input_gradient
 from edge_digr.core.tasks import Task
@@ -56,6 +58,9 @@ class DistillConfig:
     # "none" is DESIGN.md's ‖A ⊙ ∇g‖², which also rewards shrinking the gradient everywhere; "share" divides
     # each frame's term by ‖∇g‖², penalising only where the gradient lies (an investigation option).
     penalty_norm: str = "none"
+    # Where the task is left-right symmetric (TrainSpec.mirror_actions), a random half of every batch is
+    # mirrored: frame, teacher output and teacher map (edge_digr.mirror). Off only to measure what it adds.
+    mirror: bool = True
 
     @classmethod
     def for_task(cls, task: Task, mode: str, seed: int = 0, **overrides: Any) -> "DistillConfig":
@@ -139,19 +144,23 @@ DAGGER_SEED = 100_000  # student rollouts use seeds far from the label and evalu
 
 
 def training_arrays(frames: Dict[str, np.ndarray], names: List[str]) -> Dict[str, np.ndarray]:
-    """The arrays the loop trains on: pixels as uint8 (a quarter of float32's memory: car-racing trains on
-    tens of thousands of 96×96 frames) when they are whole 0–255 values, as every task's are; the rest float32;
-    `mapped` (which frames have a teacher map; labels written before it existed have one on every frame)."""
-    out = {}
-    for name in names:
-        x = np.asarray(frames[name])
-        pixels = name == "obs" and (x.dtype == np.uint8 or (x.min() >= 0 and x.max() <= 255 and
-                                                            np.array_equal(x, np.floor(x))))
-        out[name] = np.ascontiguousarray(x, dtype=np.uint8 if pixels else np.float32)
+    """The arrays the loop trains on: pixels as uint8 (edge_digr.labels.whole_pixels) when they are whole 0–255
+    values, as every task's are; the rest float32; `mapped` (which frames have a teacher map; labels written
+    before it existed have one on every frame); `saliency`, the maps of the mapped frames only, in frame
+    order (map_rows finds a frame's). Labels hold a zero map on every other frame: with maps on 2 % of
+    10⁵ Breakout frames those zeros would outweigh the pixels."""
+    out = {name: np.ascontiguousarray(whole_pixels(frames[name]) if name == "obs" else
+                                      np.asarray(frames[name], dtype=np.float32)) for name in names}
     out["teacher_out"] = np.ascontiguousarray(frames["teacher_out"], dtype=np.float32)
-    out["saliency"] = np.ascontiguousarray(frames["saliency"], dtype=np.float32)
     out["mapped"] = np.asarray(frames.get("mapped", np.ones(len(out["teacher_out"]), bool)), dtype=bool)
+    maps = np.asarray(frames["saliency"])
+    out["saliency"] = np.ascontiguousarray(maps if out["mapped"].all() else maps[out["mapped"]], dtype=np.float32)
     return out
+
+
+def map_rows(mapped: np.ndarray) -> np.ndarray:
+    """For each frame, its map's row in the compact `saliency` of training_arrays (−1: no map)."""
+    return np.where(mapped, np.cumsum(mapped) - 1, -1)
 
 
 def penalised_frames(mode: str, mapped: np.ndarray) -> np.ndarray:
@@ -198,8 +207,6 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
            bar_line: Optional[int]) -> PixelPolicy:
     from tqdm import tqdm
 
-    from edge_digr.labels import add_perturbation_maps, collect
-
     torch.manual_seed(cfg.seed)
     student = PixelPolicy(PolicyConfig.for_task(task, cfg.arch)).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
@@ -228,15 +235,18 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
     model = dist.wrap(student, device)  # the student itself, or DDP around it under torchrun
 
     lam = 0.0 if cfg.mode == "plain" else cfg.lam
+    mirror = mirrored_actions(task.train.mirror_actions, device) if cfg.mirror and task.train.mirror_actions else None
     collect_after = dagger_epochs(cfg.epochs, cfg.dagger_rounds)
     bar = tqdm(total=cfg.epochs, initial=start, unit="epoch", desc=f"distill {cfg.mode}", disable=not progress,
                dynamic_ncols=True, position=bar_line)
     full = {k: np.concatenate([data[k], added[k]]) for k in keys}
-    penalised = penalised_frames(cfg.mode, full["mapped"])
+    penalised, rows_of = penalised_frames(cfg.mode, full["mapped"]), map_rows(full["mapped"])
     for epoch in range(start, cfg.epochs):
         n = len(full["teacher_out"])
         # Each epoch's order depends on (seed, epoch) only, so a resumed run repeats the uninterrupted one.
-        order = np.random.default_rng((cfg.seed, epoch)).permutation(n)
+        rng = np.random.default_rng((cfg.seed, epoch))
+        order = rng.permutation(n)
+        flipped = torch.from_numpy(rng.random(n) < 0.5).to(device)  # which frames this epoch sees mirrored
         student.train()
         for local, batch in dist.batches(order, cfg.batch_size):
             inputs = tuple(torch.as_tensor(full[name][local], dtype=torch.float32, device=device) for name in names)
@@ -247,8 +257,12 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
                 (model(*inputs).sum() * 0.0).backward()
                 optimizer.step()
                 continue
-            loss = distillation_loss(model(*inputs), torch.from_numpy(full["teacher_out"][local]).to(device),
-                                     task.action.continuous, cfg.temperature)
+            target = torch.from_numpy(full["teacher_out"][local]).to(device)
+            if mirror is not None:
+                flip = flipped[torch.from_numpy(local).to(device)]
+                inputs = (flip_rows(inputs[0], flip), *inputs[1:])
+                target = torch.where(flip[:, None], mirrored_logits(target, mirror), target)
+            loss = distillation_loss(model(*inputs), target, task.action.continuous, cfg.temperature)
             # Both terms are means, the distillation loss over the batch's frames and the penalty over those
             # of them with a teacher map (all of them for igr, which needs none); the weights turn DDP's
             # average over ranks into the means over the global batch, also when it splits unevenly.
@@ -257,10 +271,14 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
             here = penalised[local]
             if lam > 0 and here.any():
                 rows = local[here]
-                region = (np.ones_like(full["saliency"][rows]) if cfg.mode == "igr" else
-                          selection_mask(full["saliency"][rows], cfg.mask_rule, cfg.mask_threshold))
+                region = torch.from_numpy(np.ones((len(rows),) + tuple(task.obs_shape[1:]), np.float32)
+                                          if cfg.mode == "igr" else
+                                          selection_mask(full["saliency"][rows_of[rows]], cfg.mask_rule,
+                                                         cfg.mask_threshold)).to(device)
+                if mirror is not None:  # the teacher's map of a mirrored frame is its mirror image
+                    region = flip_rows(region, flip[torch.from_numpy(here).to(device)])
                 reg = gradient_penalty(model, tuple(x[torch.from_numpy(here)] for x in inputs),
-                                       torch.from_numpy(region).to(device), cfg.penalty_target, cfg.penalty_norm)
+                                       region, cfg.penalty_target, cfg.penalty_norm)
                 total = total + lam * reg * dist.weight(len(rows), int(penalised[batch].sum()))
             total.backward()
             optimizer.step()
@@ -279,7 +297,7 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
             new = training_arrays(dist.broadcast_object(new), names)
             added = {key: np.concatenate([added[key], new[key]]) for key in keys}
             full = {key: np.concatenate([full[key], new[key]]) for key in keys}
-            penalised = penalised_frames(cfg.mode, full["mapped"])
+            penalised, rows_of = penalised_frames(cfg.mode, full["mapped"]), map_rows(full["mapped"])
         if dist.is_main:
             with atomic_path(resume_path) as tmp:
                 torch.save({"student": to_cpu(student.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),

@@ -24,6 +24,7 @@ from edge_digr.checkpoint import save_checkpoint, to_cpu
 from edge_digr.core.errors import UserError
 from edge_digr.evaluation import batched, torch_head
 from edge_digr.core.fileio import atomic_path, write_json
+from edge_digr.mirror import flip_rows, mirrored_actions
 from edge_digr.policies import PixelPolicy, PolicyConfig
 from edge_digr.core.tasks import Task
 
@@ -139,15 +140,10 @@ def imitation_loss(out: torch.Tensor, target: torch.Tensor, continuous: bool) ->
 
 def mirrored_half(inputs: Tuple[torch.Tensor, ...], labels: torch.Tensor, mirror: torch.Tensor,
                   rng: np.random.Generator) -> Tuple[Tuple[torch.Tensor, ...], torch.Tensor]:
-    """A random half of the batch mirrored left-right, image and action (`mirror[a]`: the action `a` becomes).
-
-    For a mirror-symmetric game this doubles the frames the learner sees. It is what let the Breakout
-    learner generalise: without it the validation loss stopped falling while the training loss went on
-    (docs/RESULTS.md, "Breakout: an expert the frames explain").
-    """
+    """A random half of the batch mirrored left-right, image and action (`mirror[a]`: the action `a` becomes;
+    edge_digr.mirror)."""
     flip = torch.from_numpy(rng.random(len(labels)) < 0.5).to(labels.device)
-    obs = torch.where(flip[:, None, None, None], inputs[0].flip(-1), inputs[0])
-    return (obs, *inputs[1:]), torch.where(flip, mirror[labels], labels)
+    return (flip_rows(inputs[0], flip), *inputs[1:]), torch.where(flip, mirror[labels], labels)
 
 
 def train_on(learner: PixelPolicy, optimizer: torch.optim.Optimizer, task: Task, data: Dict[str, np.ndarray],
@@ -159,7 +155,7 @@ def train_on(learner: PixelPolicy, optimizer: torch.optim.Optimizer, task: Task,
     names = [spec.name for spec in task.inputs]
     n = len(data["expert_action"])
     target = torch.from_numpy(data["expert_action"]).to(learner.device)
-    mirror = torch.tensor(task.train.mirror_actions, device=learner.device) if task.train.mirror_actions else None
+    mirror = mirrored_actions(task.train.mirror_actions, learner.device) if task.train.mirror_actions else None
     losses: List[float] = []
     learner.train()
     for _ in tqdm(range(updates), desc=desc, unit="update", disable=not progress, dynamic_ncols=True, leave=False):

@@ -204,3 +204,17 @@ def test_training_arrays_keep_whole_pixel_values_as_uint8():
     arrays = training_arrays(whole, names)
     assert arrays["obs"].dtype == np.uint8 and np.array_equal(arrays["obs"], whole["obs"])
     assert arrays["mapped"].dtype == bool and arrays["mapped"].all()  # labels without `mapped`: all have maps
+
+
+def test_training_arrays_keep_the_maps_of_mapped_frames_only():
+    from edge_digr.distill import map_rows, training_arrays
+
+    task = get_task("minigrid-fetch")
+    mapped = np.arange(12) % 4 == 1
+    data = _labels(task)
+    data["saliency"][~mapped] = 0.0  # what labels hold where no map was made
+    arrays = training_arrays({**data, "mapped": mapped}, [spec.name for spec in task.inputs])
+    assert arrays["saliency"].shape == (3,) + task.obs_shape[1:]
+    rows = map_rows(mapped)
+    assert rows.tolist() == [-1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1]
+    np.testing.assert_array_equal(arrays["saliency"][rows[mapped]], data["saliency"][mapped])

@@ -36,7 +36,28 @@ def test_maps_of_some_frames_equal_those_of_labelling_all():
     only = mapped_only(some)
     assert len(only["obs"]) == 2 and only["mapped"].all()
     np.testing.assert_array_equal(only["obs"], frames["obs"][[0, 3]])
-    assert mapped_only(frames) is frames  # labels without `mapped` have a map on every frame
+    every_frame = mapped_only(frames)  # labels without `mapped` have a map on every frame
+    assert every_frame["obs"].dtype == np.float32  # what the policies take
+    np.testing.assert_array_equal(every_frame["obs"], frames["obs"])
+
+
+def test_labels_keep_pixels_as_uint8_and_anything_else_as_float32():
+    from edge_digr.labels import whole_pixels
+
+    torch.manual_seed(0)
+    teacher = PixelPolicy(PolicyConfig.for_task(TASK, "edge")).eval()
+    frames = collect(teacher, TASK, 3, seed=0, progress=False)
+    assert frames["obs"].dtype == np.uint8 and frames["mission"].dtype == np.float32
+    env = TASK.make_env()
+    raw, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(frames["obs"][0], TASK.preprocess(raw)["obs"])  # the same values, 1/4 the bytes
+    env.close()
+    assert whole_pixels(np.array([0.0, 17.0, 255.0], np.float32)).dtype == np.uint8
+    for not_pixels in ([0.5, 3.0], [-1.0, 3.0], [0.0, 256.0]):
+        kept = whole_pixels(np.array(not_pixels, np.float32))
+        assert kept.dtype == np.float32 and kept.tolist() == not_pixels
+    # A frame that is not whole pixels widens the stack: nothing is rounded away.
+    assert np.stack([whole_pixels(np.array([1.0])), whole_pixels(np.array([1.5]))]).dtype == np.float32
 
 
 def test_label_command_refuses_more_maps_than_frames(tmp_path):

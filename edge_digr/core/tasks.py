@@ -90,7 +90,7 @@ class TrainSpec:
     imitation_updates: int = 1000  # gradient steps after each DAgger round
     imitation_lr: float = 3e-4  # Adam's learning rate for the DAgger learner
     # For a left-right symmetric game, the action each discrete action becomes in the mirrored frame: the
-    # DAgger learner then trains on mirrored frames too (edge_digr.imitation.mirrored_half). Empty: none.
+    # DAgger learner and the students then train on mirrored frames too (edge_digr.mirror). Empty: none.
     mirror_actions: Tuple[int, ...] = ()
 
 
