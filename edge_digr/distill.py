@@ -246,7 +246,8 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
         # Each epoch's order depends on (seed, epoch) only, so a resumed run repeats the uninterrupted one.
         rng = np.random.default_rng((cfg.seed, epoch))
         order = rng.permutation(n)
-        flipped = torch.from_numpy(rng.random(n) < 0.5).to(device)  # which frames this epoch sees mirrored
+        # Which frames this epoch sees mirrored; drawn after the order, so tasks without a mirror keep theirs.
+        flipped = None if mirror is None else torch.from_numpy(rng.random(n) < 0.5).to(device)
         student.train()
         for local, batch in dist.batches(order, cfg.batch_size):
             inputs = tuple(torch.as_tensor(full[name][local], dtype=torch.float32, device=device) for name in names)
@@ -271,10 +272,11 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
             here = penalised[local]
             if lam > 0 and here.any():
                 rows = local[here]
-                region = torch.from_numpy(np.ones((len(rows),) + tuple(task.obs_shape[1:]), np.float32)
-                                          if cfg.mode == "igr" else
-                                          selection_mask(full["saliency"][rows_of[rows]], cfg.mask_rule,
-                                                         cfg.mask_threshold)).to(device)
+                if cfg.mode == "igr":
+                    region = torch.ones((len(rows),) + tuple(task.obs_shape[1:]), device=device)
+                else:
+                    region = torch.from_numpy(selection_mask(full["saliency"][rows_of[rows]], cfg.mask_rule,
+                                                             cfg.mask_threshold)).to(device)
                 if mirror is not None:  # the teacher's map of a mirrored frame is its mirror image
                     region = flip_rows(region, flip[torch.from_numpy(here).to(device)])
                 reg = gradient_penalty(model, tuple(x[torch.from_numpy(here)] for x in inputs),
