@@ -5,10 +5,11 @@
 Uses the seed folder written by `edge-digr demo` (teacher.pt, labels.npz). Each configuration is
 distilled once into <run>/sweep/ (reused if present) and evaluated on the same held-out frames and
 evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-target logit` penalises the greedy
-logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target); `--penalty-norm share`
-penalises the share of the gradient's energy in A rather than its size; `--rules soft:0` weights every
-pixel by 1 − S/max S (the threshold is unused). `--strips DIR` draws each configuration's gradient maps
-beside the demo's plain and DIGR students on the demo's sample frames (DIR/<config>_<i>.png).
+logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target); `--penalty-norm none`
+penalises the gradient's energy in A (DESIGN.md's raw form) rather than its share of the gradient's energy
+(the default); `--rules soft:0` weights every pixel by 1 − S/max S (the threshold is unused). `--strips DIR`
+draws each configuration's gradient maps beside the demo's plain and DIGR students on the demo's sample
+frames (DIR/<config>_<i>.png).
 
 `--ray [ADDRESS]` runs each (rule, λ) configuration as a Ray task needing `--cpus-per-job` CPUs (alone: a
 local Ray instance; `auto` or `ray://HOST:10001`: an existing cluster, whose workers must see --run at the
@@ -39,7 +40,7 @@ def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float,
     train, test = split(load_labels(labels, task))
     mode = "plain" if lam == 0 else "digr"
     variant = "" if mode == "plain" else "".join(
-        f"_{v}" for v, default in ((penalty_target, "logp"), (penalty_norm, "none")) if v != default)
+        f"_{v}" for v, default in ((penalty_target, "logp"), (penalty_norm, "share")) if v != default)
     out = run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
     if not out.exists():
         teacher, _ = load_checkpoint(run / "teacher.pt")
@@ -64,7 +65,8 @@ def main() -> None:
     parser.add_argument("--lams", default="0,0.1,1,10")
     parser.add_argument("--rules", default="fraction:0.1", help="rule:threshold,... (fraction or topk)")
     parser.add_argument("--penalty-target", default="logp", choices=["logp", "logit"])
-    parser.add_argument("--penalty-norm", default="none", choices=["none", "share"])
+    parser.add_argument("--penalty-norm", default="share", choices=["share", "none"],
+                        help="DIGR's penalty form: share (the default) or none (the raw ‖A ⊙ ∇g‖²)")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strips", type=Path, default=None, help="folder for strips: frame | teacher | plain | "

@@ -109,15 +109,19 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
 @ray_option
 @click.option("--ray-chunk", type=click.IntRange(min=1), default=8, show_default=True,
               help="Frames per Ray task, with --ray.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that roll the teacher out side by side on CPU, each with its share of the frames and "
+                   "interleaved episodes (the demo uses one per core).")
 @device_option
 @seed_option
 @quiet_option
 def label(task_name: str, teacher: str, frames: Optional[int], out: str, maps: Optional[int], stride: int,
-          mask_sigma: float, blur_sigma: float, ray_address: Optional[str], ray_chunk: int, device: str, seed: int,
-          quiet: bool) -> None:
+          mask_sigma: float, blur_sigma: float, ray_address: Optional[str], ray_chunk: int, workers: int,
+          device: str, seed: int, quiet: bool) -> None:
     """Roll the teacher out and label each frame with its perturbation saliency.
 
-    The rollouts run here (on --device); with --ray the maps run as Ray tasks on the cluster's CPUs."""
+    The rollouts run here (on --device, or in --workers CPU processes); with --ray the maps run as Ray tasks
+    on the cluster's CPUs."""
     from edge_digr.checkpoint import policy_task
     from edge_digr.labels import label as run_label
     from edge_digr.core.perturbation import PerturbationConfig
@@ -137,7 +141,7 @@ def label(task_name: str, teacher: str, frames: Optional[int], out: str, maps: O
         import_ray()  # the install hint now, not after the rollouts
     run_label(_teacher(teacher, task_name, resolve_device(device)), task, n, seed, out,
               PerturbationConfig(stride, mask_sigma, blur_sigma), progress=not quiet, ray_address=ray_address,
-              ray_chunk=ray_chunk, maps=maps)
+              ray_chunk=ray_chunk, maps=maps, workers=workers)
     click.echo(f"wrote {out} ({n} frames, {n if maps is None else maps} with a perturbation map)")
 
 
@@ -148,6 +152,10 @@ def distill_options(f):
                           "igr: penalise it everywhere."),
         click.option("--lam", type=FiniteFloat(min=0), default=None,
                      help="Gradient-penalty weight λ (default: the task's)."),
+        click.option("--penalty-norm", type=click.Choice(["share", "none"]), default="share", show_default=True,
+                     help="DIGR's penalty: share, the input gradient's share of energy in the non-salient region "
+                          "(docs/RESULTS.md: why it is the default), or none, its raw energy there (DESIGN.md's "
+                          "‖A ⊙ ∇g‖²). igr always penalises the raw energy."),
         click.option("--mask-rule", type=click.Choice(["fraction", "topk", "soft"]), default="fraction",
                      show_default=True, help="Non-salient region: below a fraction of the frame max, outside the "
                                              "top-k share, or soft weights 1 − S/max S (no threshold)."),
@@ -182,7 +190,7 @@ def distill_options(f):
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
-            mask_rule: str, mask_threshold: float, temperature: float,
+            penalty_norm: str, mask_rule: str, mask_threshold: float, temperature: float,
             arch: Optional[str], epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
             dagger_maps: Optional[int], resume: bool, device: str, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR.
@@ -200,8 +208,8 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     train, _ = split(load_labels(labels_path, task))
-    cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule, mask_threshold=mask_threshold,
-                                 temperature=temperature,
+    cfg = DistillConfig.for_task(task, mode, seed, lam=lam, penalty_norm=penalty_norm, mask_rule=mask_rule,
+                                 mask_threshold=mask_threshold, temperature=temperature,
                                  arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames,
                                  dagger_maps=dagger_maps)
     dist = Distributed.from_env()  # torchrun's process, or a single one

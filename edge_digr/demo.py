@@ -9,7 +9,7 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,11 +19,11 @@ import numpy as np
 from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import write_json, write_text
 from edge_digr.core.tasks import Task, get_task
+from edge_digr.evaluation import Episodes
 from edge_digr.machine import machine_info, machine_line
 
 STRIP_FRAMES = 4
 LEGEND_HEIGHT = 12  # px under a strip for its colour legend
-ROW_PERCENTILE = 99.0  # a strip row's colour scale ends at its maps' largest value at this percentile
 COLUMNS = {"plain gradient": "plain", "DIGR gradient": "digr"}  # strip title -> handle name
 
 
@@ -92,6 +92,7 @@ class Job:
     mode: str = ""  # the student's mode; empty for an evaluation
     progress: bool = False
     bar_line: Optional[int] = None
+    episodes: Tuple[int, int] = (0, 0)  # an evaluation's share: (first episode, count)
 
 
 def make_student(job: Job) -> str:
@@ -111,15 +112,32 @@ def make_student(job: Job) -> str:
     return job.policy
 
 
-def evaluate(job: Job) -> Dict[str, Any]:
+def evaluate(job: Job) -> Tuple[Episodes, Dict[str, Any]]:
+    """A share of a policy's evaluation episodes; the share starting at episode 0 also scores its saliency."""
     import torch
 
-    from edge_digr.metrics import evaluate_policy, open_policy
+    from edge_digr.metrics import held_out_frames, open_policy, play, saliency_metrics
 
     torch.set_num_threads(1)
     task = budget_task(job.task, job.budget)
-    return evaluate_policy(open_policy(job.policy, task), task, task.train.eval_episodes, job.labels, job.seed,
-                           progress=False, timing=False)
+    handle = open_policy(job.policy, task)
+    first, count = job.episodes
+    played = play(handle, task, count, job.seed, first)
+    return played, (saliency_metrics(handle, task, held_out_frames(job.labels, task)) if first == 0 else {})
+
+
+def shares(episodes: int, parts: int = CORES) -> List[Tuple[int, int]]:
+    """(first, count) of each of `parts` near-equal shares of the evaluation episodes: one policy's episodes
+    run on every core, so the last evaluation does not leave a core idle."""
+    bounds = [episodes * k // parts for k in range(parts + 1)]
+    return [(bounds[k], bounds[k + 1] - bounds[k]) for k in range(parts)]
+
+
+def merged(parts: List[Tuple[Episodes, Dict[str, Any]]]) -> Dict[str, Any]:
+    """One policy's metrics from its shares, as one evaluation of every episode would give them."""
+    played = Episodes(*([x for p, _ in parts for x in getattr(p, name)]
+                        for name in ("returns", "lengths", "successes")))
+    return {**played.summary(), **{k: v for _, scores in parts for k, v in scores.items()}}
 
 
 def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, progress: bool = True,
@@ -155,30 +173,38 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     start = time.perf_counter()
     labels_path = out / "labels.npz"
     if not labels_path.exists():
-        torch.set_num_threads(CORES)  # the perturbation passes are batched: threads pay off here
-        label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress, maps=t.label_maps)
+        torch.set_num_threads(CORES)  # rollouts in a process per core; the batched perturbation passes on threads
+        label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress, maps=t.label_maps,
+              workers=CORES)
     train, test = split(load_labels(labels_path, task))
     test = mapped_only(test)
     stages["label_s"] = time.perf_counter() - start
 
-    # Students side by side, one process each; the evaluations follow in the same processes as they free up.
+    # Students side by side, one process each. The evaluations queue behind them in the same processes, each
+    # student's as soon as it exists: a core whose student is done evaluates while the other still trains.
     start = time.perf_counter()
     common = dict(task=task.name, budget=budget, seed=seed, labels=str(labels_path), teacher=str(teacher_pt))
     students = {mode: out / f"student_{mode}.pt" for mode in modes}
-    to_make = [Job(**common, policy=str(path), mode=mode, progress=progress, bar_line=i)
-               for i, (mode, path) in enumerate(students.items()) if not path.exists()]
-    with ProcessPoolExecutor(min(CORES, len(modes)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        made: List[Future] = [pool.submit(make_student, job) for job in to_make]
-        evaluations = {"teacher": pool.submit(evaluate, Job(**common, policy=str(teacher_pt)))}
-        for future in made:
+    with ProcessPoolExecutor(CORES, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def queue(path: Path) -> List[Future]:
+            return [pool.submit(evaluate, Job(**common, policy=str(path), episodes=share))
+                    for share in shares(t.eval_episodes)]
+
+        made: Dict[Future, str] = {pool.submit(make_student, Job(**common, policy=str(path), mode=mode,
+                                                                 progress=progress, bar_line=i)): mode
+                                   for i, (mode, path) in enumerate(students.items()) if not path.exists()}
+        evaluations = {"teacher": queue(teacher_pt)}
+        evaluations.update({mode: queue(path) for mode, path in students.items() if mode not in made.values()})
+        for future in as_completed(made):
             future.result()  # a failed student raises here, with its own error
+            evaluations[made[future]] = queue(students[made[future]])
         stages["distill_s"] = time.perf_counter() - start
-        evaluations.update({mode: pool.submit(evaluate, Job(**common, policy=str(path)))
-                            for mode, path in students.items()})
         metrics: Dict[str, Any] = {"task": task.name, "seed": seed, "budget": budget,
-                                   **{name: future.result() for name, future in evaluations.items()}}
+                                   **{name: merged([f.result() for f in evaluations[name]])
+                                      for name in ["teacher", *modes]}}
     handles = {name: open_policy(str(path), task) for name, path in {"teacher": teacher_pt, **students}.items()}
     metrics["time_ms"] = saliency_timing(handles["digr"], task, test)
+    # What the evaluations add after the last student; those that ran beside a student are inside distill_s.
     stages["evaluate_s"] = time.perf_counter() - start - stages["distill_s"]
     metrics["stages"] = stages
     metrics["config"] = {"train": {k: v for k, v in asdict(t).items() if not callable(v)},
@@ -205,7 +231,7 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
     from PIL import Image, ImageDraw
 
     from edge_digr.core.metrics import collapse_components
-    from edge_digr.runtime.overlay import colormap, display_frame, heat_overlay
+    from edge_digr.runtime.overlay import SCALE_PERCENTILE, colormap, display_frame, heat_overlay
 
     count = min(STRIP_FRAMES, len(test["obs"]))
     picks = np.linspace(0, len(test["obs"]) - 1, count).astype(int)
@@ -220,7 +246,7 @@ def write_strips(handles: Dict[str, Any], task: Task, test: Dict[str, np.ndarray
         # perturbation score against gradient magnitudes); shares do not, and a focused map shows brighter
         # where it focuses than a diffuse one. The top 1 % of a spiky map saturates.
         row = [evenness(test["saliency"][picks[i]])] + [evenness(maps[title][i]) for title in columns]
-        peak = max(float(np.percentile(m, ROW_PERCENTILE)) for m in row)
+        peak = max(float(np.percentile(m, SCALE_PERCENTILE)) for m in row)
         panels = [frame] + [heat_overlay(frame, m, peak=peak) for m in row]
         scale = max(1, -(-160 // frame.shape[0]))  # panels at least 160 px tall, to be read
         tiles = [Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST) for p in panels]

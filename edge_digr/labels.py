@@ -7,8 +7,12 @@ distillation's action term only) and, for minigrid-fetch, `target_mask` (N, H, W
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -19,7 +23,7 @@ from edge_digr.core.fileio import PathLike, atomic_path
 from edge_digr.core.perturbation import PerturbationConfig
 from edge_digr.policies import PixelPolicy
 from edge_digr.saliency import Perturbation
-from edge_digr.core.tasks import Task, fetch_target_mask
+from edge_digr.core.tasks import Task, fetch_target_mask, get_task
 
 LABEL_KEYS = ("teacher_out", "saliency", "episode")
 
@@ -34,21 +38,23 @@ def whole_pixels(x: np.ndarray) -> np.ndarray:
 
 
 def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: bool = True,
-            actor: Optional[PixelPolicy] = None) -> Dict[str, np.ndarray]:
+            actor: Optional[PixelPolicy] = None, worker: int = 0, workers: int = 1) -> Dict[str, np.ndarray]:
     """Frames visited by `actor` (default: the teacher), labelled with the teacher's outputs.
 
     The actor samples its own distribution (discrete) or adds Gaussian exploration noise to its mean
     (continuous), so that the frames cover more than one greedy path. A student as actor gives the
-    DAgger frames: the states the student reaches, with the teacher's answer there."""
+    DAgger frames: the states the student reaches, with the teacher's answer there. Episode k has id and
+    environment seed offset worker + k·workers: `workers` collections side by side (collect_side_by_side)
+    interleave their episodes, and a single one (the default) numbers them 0, 1, 2, …"""
     actor = actor or teacher
     from tqdm import tqdm
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if worker == 0 else (seed, worker))
     env = task.make_env()
     rows: Dict[str, list] = {spec.name: [] for spec in task.inputs}
     rows.update(teacher_out=[], episode=[], target_mask=[])
-    episode, steps = 0, 0
-    raw, _ = env.reset(seed=seed)
+    episode, steps = worker, 0
+    raw, _ = env.reset(seed=seed + episode)
     who = "teacher" if actor is teacher else "student"
     with tqdm(total=frames, desc=f"{who} rollouts {task.name}", unit="frame", disable=not progress) as bar:
         while len(rows["episode"]) < frames:
@@ -72,13 +78,37 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
             steps += 1
             limit = task.train.max_episode_steps
             if terminated or truncated or (limit is not None and steps >= limit):
-                episode, steps = episode + 1, 0
+                episode, steps = episode + workers, 0
                 raw, _ = env.reset(seed=seed + episode)
             bar.update(1)
     env.close()
     data = {k: np.stack(v) for k, v in rows.items() if v}
     data["episode"] = data["episode"].astype(np.int32)
     return data
+
+
+def _collect_share(teacher: PixelPolicy, name: str, train: Any, frames: int, seed: int, worker: int, workers: int,
+                   progress: bool) -> Dict[str, np.ndarray]:
+    """One process's collect(): the task rebuilt from its name and budget (a Task holds functions that do
+    not pickle)."""
+    torch.set_num_threads(1)
+    task = dataclasses.replace(get_task(name), train=train)
+    return collect(teacher, task, frames, seed, progress, worker=worker, workers=workers)
+
+
+def collect_side_by_side(teacher: PixelPolicy, task: Task, frames: int, seed: int, workers: int = 1,
+                         progress: bool = True) -> Dict[str, np.ndarray]:
+    """The teacher's frames from `workers` processes side by side (on CPU, one thread each), each collecting
+    its share with interleaved episodes; one worker is collect() itself. Rollouts are bound by the
+    environment's single-threaded step, so a process per core is what divides their time."""
+    if workers <= 1:
+        return collect(teacher, task, frames, seed, progress)
+    cpu = copy.deepcopy(teacher).cpu()
+    counts = [frames * (w + 1) // workers - frames * w // workers for w in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_collect_share, *zip(*[(cpu, task.name, task.train, counts[w], seed, w, workers,
+                                                      progress and w == 0) for w in range(workers)])))
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def mapped_frames(frames: int, maps: Optional[int]) -> np.ndarray:
@@ -121,10 +151,12 @@ def add_perturbation_maps(teacher: PixelPolicy, task: Task, data: Dict[str, np.n
 
 def label(teacher: PixelPolicy, task: Task, frames: int, seed: int, out: PathLike,
           config: PerturbationConfig = PerturbationConfig(), progress: bool = True,
-          ray_address: Optional[str] = None, ray_chunk: int = 8, maps: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Rollouts here, maps (of `maps` frames; all with None) here or on Ray; the file is written (atomically)
-    only once every map is in, so a Ctrl-C, which cancels the outstanding Ray tasks, leaves no output behind."""
-    data = collect(teacher, task, frames, seed, progress)
+          ray_address: Optional[str] = None, ray_chunk: int = 8, maps: Optional[int] = None,
+          workers: int = 1) -> Dict[str, np.ndarray]:
+    """Rollouts here (in `workers` processes side by side), maps (of `maps` frames; all with None) here or on
+    Ray; the file is written (atomically) only once every map is in, so a Ctrl-C, which cancels the
+    outstanding Ray tasks, leaves no output behind."""
+    data = collect_side_by_side(teacher, task, frames, seed, workers, progress)
     add_perturbation_maps(teacher, task, data, config, progress, ray_address, ray_chunk, maps)
     save_labels(out, data)
     return data

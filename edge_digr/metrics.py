@@ -15,7 +15,7 @@ from edge_digr.core.errors import UserError
 from edge_digr.core.metrics import deletion, saliency_agreement
 from edge_digr.core.perturbation import PerturbationConfig, perturbation_saliency
 from edge_digr.core.tasks import Task
-from edge_digr.evaluation import HeadFn, rollout, time_per_map_ms
+from edge_digr.evaluation import EVAL_SEED, Episodes, HeadFn, rollout, time_per_map_ms
 
 TIMING_FRAMES = 8  # held-out frames timed for both saliency methods
 
@@ -86,12 +86,16 @@ def saliency_timing(handle: PolicyHandle, task: Task, test: Dict[str, np.ndarray
     return {"gradient": gradient, "perturbation": perturbation, "speedup": perturbation / gradient, "frames": n}
 
 
+def play(handle: PolicyHandle, task: Task, episodes: int, seed: int = 0, first: int = 0,
+         progress: bool = False) -> Episodes:
+    """Episodes first … first + episodes − 1 of evaluation seed `seed` (greedy actions). Each episode's
+    environment seed depends on its index only, so shares of one evaluation, run apart, merge to the whole."""
+    return rollout(handle.head, task, episodes, seed=EVAL_SEED + 1000 * seed + first, progress=progress)
+
+
 def evaluate_policy(handle: PolicyHandle, task: Task, episodes: int, labels_path: Optional[str] = None,
                     seed: int = 0, progress: bool = True, timing: bool = True) -> Dict[str, Any]:
-    from edge_digr.evaluation import EVAL_SEED
-
-    metrics: Dict[str, Any] = rollout(handle.head, task, episodes, seed=EVAL_SEED + 1000 * seed,
-                                      progress=progress).summary()
+    metrics: Dict[str, Any] = play(handle, task, episodes, seed, progress=progress).summary()
     if labels_path:
         test = held_out_frames(labels_path, task)
         metrics.update(saliency_metrics(handle, task, test))

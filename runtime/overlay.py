@@ -14,6 +14,10 @@ from edge_digr.core.errors import UserError
 from edge_digr.core.fileio import PathLike, atomic_path
 
 MIN_PANEL_HEIGHT = 160  # small frames (MiniGrid's 40 px) are enlarged to stay readable
+# A map's colour scale ends at this percentile of its values, and the top 1 % saturates: a gradient map
+# whose maximum is a handful of pixels (DIGR's share penalty makes them) would otherwise draw all but
+# those pixels near black.
+SCALE_PERCENTILE = 99.0
 RECORD_SUFFIXES = (".mp4", ".gif")
 
 # Anchor colours of a perceptually ordered dark-to-bright map (inferno-like), interpolated linearly.
@@ -48,6 +52,13 @@ def heat_overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55,
     return np.clip((1 - alpha) * grey + alpha * heat, 0, 255).astype(np.uint8)
 
 
+def scale_peak(saliency: np.ndarray) -> Optional[float]:
+    """The value a map's colour scale ends at: its SCALE_PERCENTILE-th percentile, or None (its maximum) where
+    that is 0, as for a map with fewer than 1 % non-zero pixels."""
+    peak = float(np.percentile(np.nan_to_num(np.asarray(saliency, dtype=np.float32)), SCALE_PERCENTILE))
+    return peak if peak > 0 else None
+
+
 def compose(obs: np.ndarray, saliency: np.ndarray, labels: Sequence[str] = ()) -> np.ndarray:
     """frame | overlay [| overlay ...]: one overlay for a (H, W) map, one per component of a (K, H, W) map.
 
@@ -55,7 +66,7 @@ def compose(obs: np.ndarray, saliency: np.ndarray, labels: Sequence[str] = ()) -
     """
     frame = display_frame(obs)
     maps = saliency[None] if saliency.ndim == 2 else saliency
-    panels = [frame] + [heat_overlay(frame, m) for m in maps]
+    panels = [frame] + [heat_overlay(frame, m, peak=scale_peak(m)) for m in maps]
     scale = max(1, -(-MIN_PANEL_HEIGHT // frame.shape[0]))
     strip = np.concatenate([p.repeat(scale, 0).repeat(scale, 1) for p in panels], axis=1)
     if labels:

@@ -41,6 +41,14 @@ def test_minigrid_demo_writes_report_metrics_and_students(tmp_path):
         panel = img.height - 14 - LEGEND_HEIGHT  # four square panels between a title row and a legend
         assert img.width == 4 * panel and panel >= 160
 
+    # A re-run keeps the students already there and evaluates them beside the one it makes again.
+    kept = (out / "student_digr.pt").read_bytes()
+    (out / "student_plain.pt").unlink()
+    invoke("demo", "--budget", "tiny", "--out-dir", out, "--quiet")
+    again = json.loads((out / "metrics.json").read_text())
+    assert (out / "student_digr.pt").read_bytes() == kept and (out / "student_plain.pt").exists()
+    assert again["digr"] == metrics["digr"] and {"teacher", "digr", "plain"} <= set(again)
+
 
 @pytest.mark.parametrize("task", ["atari-breakout", "car-racing"])
 def test_every_stage_at_a_tiny_budget(task, tmp_path):
@@ -115,3 +123,28 @@ def test_evenness_is_unit_free_and_one_for_an_even_map():
     np.testing.assert_allclose(evenness(spiky), evenness(1000 * spiky))
     assert evenness(spiky)[1, 2] == 20  # the whole map in one of 20 pixels
     assert not evenness(np.zeros((2, 2))).any()
+
+
+def test_evaluation_shares_merge_to_the_whole_evaluation(tmp_path):
+    """The demo runs a policy's evaluation episodes in shares on every core; merged, they are one evaluation."""
+    import torch
+
+    from edge_digr.checkpoint import save_checkpoint
+    from edge_digr.core.tasks import get_task
+    from edge_digr.demo import merged, shares
+    from edge_digr.metrics import evaluate_policy, open_policy, play
+    from edge_digr.policies import PixelPolicy, PolicyConfig
+
+    for episodes in (1, 2, 7):
+        parts = shares(episodes)
+        assert [first for first, _ in parts] == sorted(first for first, _ in parts) and parts[0][0] == 0
+        assert sum(count for _, count in parts) == episodes
+        assert all(a + n == b for (a, n), (b, _) in zip(parts, parts[1:]))
+    task = get_task("minigrid-fetch").with_train(max_episode_steps=8)
+    torch.manual_seed(0)
+    path = tmp_path / "policy.pt"
+    save_checkpoint(path, PixelPolicy(PolicyConfig.for_task(task, "edge")), task.name, "student")
+    handle = open_policy(str(path), task)
+    whole = evaluate_policy(handle, task, 5, seed=1, progress=False)
+    split = merged([(play(handle, task, n, 1, first), {}) for first, n in shares(5, 3)])
+    assert split == whole

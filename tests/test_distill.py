@@ -193,6 +193,34 @@ def test_the_penalty_reaches_only_frames_with_a_teacher_map(tmp_path):
     assert not all(torch.equal(plain[k], weights["some"][k]) for k in plain)
 
 
+def test_each_mode_gets_its_task_lambda_and_igr_keeps_the_raw_penalty(tmp_path, monkeypatch):
+    """DIGR's default is the share-normalised penalty; igr's region is every pixel, where the share is 1 whatever
+    the gradient (no penalty at all), so igr penalises the raw energy."""
+    import edge_digr.distill as distill_module
+
+    task = get_task("car-racing")
+    digr, igr = DistillConfig.for_task(task, "digr"), DistillConfig.for_task(task, "igr")
+    assert (digr.lam, digr.penalty_norm) == (task.train.digr_lambda, "share")
+    assert igr.lam == task.train.igr_lambda != digr.lam
+    assert DistillConfig.for_task(task, "digr", lam=2.0).lam == 2.0
+
+    torch.manual_seed(0)
+    student = PixelPolicy(PolicyConfig.for_task(get_task("minigrid-fetch"), "edge"))
+    inputs = tuple(torch.rand((3,) + spec.shape) * 255 for spec in get_task("minigrid-fetch").inputs)
+    everywhere = torch.ones((3, 40, 40))
+    assert gradient_penalty(student, inputs, everywhere, norm="share").item() == pytest.approx(1.0)
+
+    norms = []
+    real = distill_module.gradient_penalty
+    monkeypatch.setattr(distill_module, "gradient_penalty",
+                        lambda *args: norms.append(args[-1]) or real(*args))
+    minigrid = get_task("minigrid-fetch")
+    for mode in ("igr", "digr"):
+        distill(minigrid, _labels(minigrid), DistillConfig(mode=mode, epochs=1, batch_size=12, arch="edge"),
+                tmp_path / f"{mode}.pt", progress=False)
+    assert norms == ["none", "share"]
+
+
 def test_training_arrays_keep_whole_pixel_values_as_uint8():
     from edge_digr.distill import training_arrays
 

@@ -60,6 +60,28 @@ def test_labels_keep_pixels_as_uint8_and_anything_else_as_float32():
     assert np.stack([whole_pixels(np.array([1.0])), whole_pixels(np.array([1.5]))]).dtype == np.float32
 
 
+def test_rollouts_side_by_side_interleave_their_episodes():
+    """Workers collect their shares in processes of their own: worker w plays episodes w, w + n, w + 2n, …
+    (ids and environment seeds), so the held-out split by episode draws on every worker; one worker is
+    collect() itself."""
+    from edge_digr.labels import collect_side_by_side
+
+    task = TASK.with_train(max_episode_steps=4)  # short episodes: several per worker, budget kept across processes
+    torch.manual_seed(0)
+    teacher = PixelPolicy(PolicyConfig.for_task(task, "edge")).eval()
+    one = collect_side_by_side(teacher, task, 9, seed=3, workers=1, progress=False)
+    alone = collect(teacher, task, 9, seed=3, progress=False)
+    assert all(np.array_equal(one[k], alone[k]) for k in alone)
+    np.testing.assert_array_equal(alone["episode"], [0, 0, 0, 0, 1, 1, 1, 1, 2])
+
+    two = collect_side_by_side(teacher, task, 9, seed=3, workers=2, progress=False)
+    assert len(two["obs"]) == 9 and set(two) == set(alone)
+    np.testing.assert_array_equal(two["episode"], [0, 0, 0, 0, 1, 1, 1, 1, 3])  # shares of 4 and 5 frames
+    second = collect(teacher, task, 5, seed=3, progress=False, worker=1, workers=2)
+    np.testing.assert_array_equal(two["obs"][4:], second["obs"])  # worker 1's share, as it would play it here
+    np.testing.assert_array_equal(two["obs"][:4], alone["obs"][:4])  # episode 0 is the same game either way
+
+
 def test_label_command_refuses_more_maps_than_frames(tmp_path):
     torch.manual_seed(0)
     teacher = tmp_path / "teacher.pt"

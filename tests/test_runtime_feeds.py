@@ -165,6 +165,18 @@ def test_overlay_is_brightest_where_saliency_peaks():
     assert (y // scale, x // scale) == (5, 7)
 
 
+def test_a_spiky_map_is_drawn_on_its_99th_percentile_not_its_peak():
+    """One pixel far above the rest (a concentrated gradient) must not draw the rest black."""
+    obs = np.full((3, 20, 20), 100.0, np.float32)
+    sal = np.full((20, 20), 0.5)
+    sal[5, 7] = 100.0
+    image = compose(obs, sal).astype(int)
+    scale = 8
+    overlay = image[:, 20 * scale:]
+    np.testing.assert_array_equal(overlay[0, 0], overlay[5 * scale, 7 * scale])  # both at the top colour
+    assert overlay[0, 0].sum() > heat_overlay(np.full((20, 20, 3), 100, np.uint8), sal)[0, 0].astype(int).sum()
+
+
 def test_overlay_on_a_given_scale_saturates_above_it():
     frame = np.zeros((1, 3, 3), np.uint8)
     sal = np.array([[0.5, 1.0, 3.0]])

@@ -21,7 +21,9 @@ class PerturbationConfig:
     stride: int = 5
     mask_sigma: float = 5.0
     blur_sigma: float = 3.0
-    batch_size: int = 256  # perturbed frames per backend call
+    # Perturbed frames per backend call. 64 rather than more: a car-racing map took 1.24x less time than in
+    # calls of 256, on one thread and on two (benchmarks/perturbation_batch.py; docs/RESULTS.md).
+    batch_size: int = 64
 
 
 def grid_points(h: int, w: int, stride: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -91,7 +93,7 @@ def perturbation_saliency(forward: Forward, inputs: Dict[str, np.ndarray], image
         for start in range(0, len(masks), config.batch_size):
             m = masks[start:start + config.batch_size]
             perturbed = frames[f] * (1.0 - m) + blurred[f] * m
-            feed = {image: perturbed.astype(np.float32),
+            feed = {image: perturbed,  # float32 already: frames, blurred and masks all are
                     **{k: np.repeat(v, len(m), axis=0) for k, v in others.items()}}
             out = np.asarray(forward(feed))
             scores[f, start:start + len(m)] = 0.5 * ((out - base[f]) ** 2).sum(axis=1)
