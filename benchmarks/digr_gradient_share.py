@@ -5,8 +5,9 @@
 For every seed folder written by `edge-digr demo` (teacher.pt, student_*.pt, labels.npz) and its held-out
 frames: the squared gradient of the saliency target, ‖∂g/∂(x/255)‖² summed over pixels (what the DIGR
 penalty is built from), its part inside A (the demo's rule: below 10 % of the frame's perturbation
-maximum), and the share inside A. DIGR's penalty can fall either by moving gradient out of A or by
-shrinking the gradient everywhere; the share tells the two apart.
+maximum), and the share inside A. DESIGN.md's raw penalty can fall either by moving gradient out of A or
+by shrinking the gradient everywhere; the share tells the two apart (and is what DIGR's default penalty,
+the share form, minimises).
 """
 from __future__ import annotations
 

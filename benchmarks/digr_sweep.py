@@ -39,13 +39,15 @@ def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float,
     labels = run / "labels.npz"
     train, test = split(load_labels(labels, task))
     mode = "plain" if lam == 0 else "digr"
-    variant = "" if mode == "plain" else "".join(
-        f"_{v}" for v, default in ((penalty_target, "logp"), (penalty_norm, "share")) if v != default)
+    # The penalty form is always in a DIGR student's name: sweep folders of earlier sessions hold raw-penalty
+    # students named without it, from when raw was the default, and files found here are reused.
+    variant = "" if mode == "plain" else f"_{penalty_norm}" + ("" if penalty_target == "logp" else f"_{penalty_target}")
     out = run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
     if not out.exists():
         teacher, _ = load_checkpoint(run / "teacher.pt")
         cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=rule, mask_threshold=float(threshold),
-                                     penalty_target=penalty_target, penalty_norm=penalty_norm)
+                                     penalty_target=penalty_target,
+                                     penalty_norm=penalty_norm if mode == "digr" else None)
         distill(task, train, cfg, out, progress=False, teacher=teacher)
     policy = open_policy(str(out), task)
     m = evaluate_policy(policy, task, episodes, str(labels), seed, progress=False)

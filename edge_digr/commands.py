@@ -152,9 +152,9 @@ def distill_options(f):
                           "igr: penalise it everywhere."),
         click.option("--lam", type=FiniteFloat(min=0), default=None,
                      help="Gradient-penalty weight λ (default: the task's)."),
-        click.option("--penalty-norm", type=click.Choice(["share", "none"]), default="share", show_default=True,
-                     help="DIGR's penalty: share, the input gradient's share of energy in the non-salient region "
-                          "(docs/RESULTS.md: why it is the default), or none, its raw energy there (DESIGN.md's "
+        click.option("--penalty-norm", type=click.Choice(["share", "none"]), default=None,
+                     help="DIGR's penalty: share (the default; docs/RESULTS.md says why), the input gradient's share "
+                          "of energy in the non-salient region, or none, its raw energy there (DESIGN.md's "
                           "‖A ⊙ ∇g‖²). igr always penalises the raw energy."),
         click.option("--mask-rule", type=click.Choice(["fraction", "topk", "soft"]), default="fraction",
                      show_default=True, help="Non-salient region: below a fraction of the frame max, outside the "
@@ -190,7 +190,7 @@ def distill_options(f):
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
-            penalty_norm: str, mask_rule: str, mask_threshold: float, temperature: float,
+            penalty_norm: Optional[str], mask_rule: str, mask_threshold: float, temperature: float,
             arch: Optional[str], epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
             dagger_maps: Optional[int], resume: bool, device: str, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR.

@@ -34,6 +34,9 @@ MODELS = Path(__file__).resolve().parents[1] / "models"  # the trained models th
 # and the evaluations, small sequential networks that spin rather than gain with more threads, use them as
 # processes of one thread each, side by side. Two is this project's machine; more would only spin here.
 CORES = max(1, min(2, os.cpu_count() or 1))
+# Label rollout processes: fixed, not CORES, because the episodes each plays (interleaved: edge_digr.labels)
+# decide the labels, and so the students: a 1-core machine runs the same two processes, sharing its core.
+LABEL_WORKERS = 2
 
 
 def tiny(task: Task) -> Task:
@@ -127,10 +130,11 @@ def evaluate(job: Job) -> Tuple[Episodes, Dict[str, Any]]:
 
 
 def shares(episodes: int, parts: int = CORES) -> List[Tuple[int, int]]:
-    """(first, count) of each of `parts` near-equal shares of the evaluation episodes: one policy's episodes
-    run on every core, so the last evaluation does not leave a core idle."""
+    """(first, count) of up to `parts` near-equal, non-empty shares of the evaluation episodes: one policy's
+    episodes run on every core, so the last evaluation does not leave a core idle. Only the first share
+    starts at episode 0 (evaluate scores the saliency there)."""
     bounds = [episodes * k // parts for k in range(parts + 1)]
-    return [(bounds[k], bounds[k + 1] - bounds[k]) for k in range(parts)]
+    return [(bounds[k], bounds[k + 1] - bounds[k]) for k in range(parts) if bounds[k + 1] > bounds[k]]
 
 
 def merged(parts: List[Tuple[Episodes, Dict[str, Any]]]) -> Dict[str, Any]:
@@ -173,9 +177,9 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
     start = time.perf_counter()
     labels_path = out / "labels.npz"
     if not labels_path.exists():
-        torch.set_num_threads(CORES)  # rollouts in a process per core; the batched perturbation passes on threads
+        torch.set_num_threads(CORES)  # the batched perturbation passes gain from threads
         label(teacher_policy, task, t.label_frames, seed, labels_path, progress=progress, maps=t.label_maps,
-              workers=CORES)
+              workers=LABEL_WORKERS)
     train, test = split(load_labels(labels_path, task))
     test = mapped_only(test)
     stages["label_s"] = time.perf_counter() - start
@@ -196,7 +200,9 @@ def run_demo(task: Task, out: Path, budget: str, modes: List[str], seed: int, pr
         evaluations = {"teacher": queue(teacher_pt)}
         evaluations.update({mode: queue(path) for mode, path in students.items() if mode not in made.values()})
         for future in as_completed(made):
-            future.result()  # a failed student raises here, with its own error
+            if future.exception() is not None:  # stop the rest now, then raise the student's own error
+                pool.shutdown(wait=False, cancel_futures=True)
+                future.result()
             evaluations[made[future]] = queue(students[made[future]])
         stages["distill_s"] = time.perf_counter() - start
         metrics: Dict[str, Any] = {"task": task.name, "seed": seed, "budget": budget,

@@ -55,22 +55,27 @@ class DistillConfig:
     # "logit" (z_a*, discrete tasks) is an investigation option: log π(a*) has a vanishing gradient where
     # the student is confident, so its penalty barely reaches those frames; z_a*'s does not vanish.
     penalty_target: str = "logp"
-    # DIGR's penalty form. "share" divides each frame's ‖A ⊙ ∇g‖² by its ‖∇g‖²: it penalises where the
+    # The penalty's form. "share" divides each frame's ‖A ⊙ ∇g‖² by its ‖∇g‖²: it penalises where the
     # gradient lies, not its size. "none" is the raw ‖A ⊙ ∇g‖², which also rewards shrinking the gradient
-    # everywhere. The default is the form the evidence supports (docs/RESULTS.md, "Which penalty is DIGR's"):
-    # share beat plain distillation on agreement and held the return on every seed tried; the raw form led
-    # nowhere by two standard deviations and lost the return on some seeds. igr always uses the raw form:
-    # its region is every pixel, where the share is 1 whatever the gradient.
-    penalty_norm: str = "share"
+    # everywhere. None: the mode's own, set on construction. For digr that is share, the form the evidence
+    # supports (docs/RESULTS.md, "Which penalty is DIGR's"): it beat plain distillation on agreement and held
+    # the return on every seed tried; the raw form led nowhere by two standard deviations and lost the return
+    # on some seeds. igr is raw by definition: its region is every pixel, where the share is 1 whatever the
+    # gradient; plain has no penalty.
+    penalty_norm: Optional[str] = None
     # Where the task is left-right symmetric (TrainSpec.mirror_actions), a random half of every batch is
     # mirrored: frame, teacher output and teacher map (edge_digr.mirror). Off only to measure what it adds.
     mirror: bool = True
+
+    def __post_init__(self) -> None:
+        if self.penalty_norm is None:
+            self.penalty_norm = "share" if self.mode == "digr" else "none"
 
     @classmethod
     def for_task(cls, task: Task, mode: str, seed: int = 0, **overrides: Any) -> "DistillConfig":
         """The task's distillation budget, with the options given (not None) taking precedence."""
         t = task.train
-        base = dict(lam=t.digr_lambda if mode == "digr" else t.igr_lambda, epochs=t.distill_epochs,
+        base = dict(lam={"digr": t.digr_lambda, "igr": t.igr_lambda}.get(mode, 0.0), epochs=t.distill_epochs,
                     dagger_rounds=t.dagger_rounds, dagger_frames=t.dagger_frames, dagger_maps=t.dagger_maps,
                     arch=t.student_arch)
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -86,6 +91,9 @@ class DistillConfig:
             raise UserError(f"penalty_target must be one of {', '.join(PENALTY_TARGETS)}, not {self.penalty_target!r}")
         if self.penalty_norm not in PENALTY_NORMS:
             raise UserError(f"penalty_norm must be one of {', '.join(PENALTY_NORMS)}, not {self.penalty_norm!r}")
+        if self.mode == "igr" and self.penalty_norm == "share":
+            raise UserError("--penalty-norm share is digr's: igr penalises the raw gradient energy everywhere "
+                            "(its share would be 1 on every frame); leave --penalty-norm out for igr")
         if self.mask_rule not in MASK_RULES:
             raise UserError(f"--mask-rule must be one of {', '.join(MASK_RULES)}, not {self.mask_rule!r}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -285,7 +293,7 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
                 if mirror is not None:  # the teacher's map of a mirrored frame is its mirror image
                     region = flip_rows(region, flip[torch.from_numpy(here).to(device)])
                 reg = gradient_penalty(model, tuple(x[torch.from_numpy(here)] for x in inputs), region,
-                                       cfg.penalty_target, "none" if cfg.mode == "igr" else cfg.penalty_norm)
+                                       cfg.penalty_target, cfg.penalty_norm)
                 total = total + lam * reg * dist.weight(len(rows), int(penalised[batch].sum()))
             total.backward()
             optimizer.step()

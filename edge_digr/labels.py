@@ -101,6 +101,7 @@ def collect_side_by_side(teacher: PixelPolicy, task: Task, frames: int, seed: in
     """The teacher's frames from `workers` processes side by side (on CPU, one thread each), each collecting
     its share with interleaved episodes; one worker is collect() itself. Rollouts are bound by the
     environment's single-threaded step, so a process per core is what divides their time."""
+    workers = min(workers, frames)  # every worker collects at least one frame
     if workers <= 1:
         return collect(teacher, task, frames, seed, progress)
     cpu = copy.deepcopy(teacher).cpu()

@@ -135,16 +135,17 @@ def test_evaluation_shares_merge_to_the_whole_evaluation(tmp_path):
     from edge_digr.metrics import evaluate_policy, open_policy, play
     from edge_digr.policies import PixelPolicy, PolicyConfig
 
-    for episodes in (1, 2, 7):
-        parts = shares(episodes)
-        assert [first for first, _ in parts] == sorted(first for first, _ in parts) and parts[0][0] == 0
-        assert sum(count for _, count in parts) == episodes
-        assert all(a + n == b for (a, n), (b, _) in zip(parts, parts[1:]))
+    for episodes, parts in ((1, 2), (2, 2), (7, 2), (7, 3), (2, 3)):
+        split = shares(episodes, parts)
+        assert split[0][0] == 0 and all(n > 0 for _, n in split) and len(split) == min(episodes, parts)
+        assert sum(n for _, n in split) == episodes
+        assert all(a + n == b for (a, n), (b, _) in zip(split, split[1:]))  # consecutive, no gap or overlap
     task = get_task("minigrid-fetch").with_train(max_episode_steps=8)
     torch.manual_seed(0)
     path = tmp_path / "policy.pt"
     save_checkpoint(path, PixelPolicy(PolicyConfig.for_task(task, "edge")), task.name, "student")
     handle = open_policy(str(path), task)
     whole = evaluate_policy(handle, task, 5, seed=1, progress=False)
-    split = merged([(play(handle, task, n, 1, first), {}) for first, n in shares(5, 3)])
-    assert split == whole
+    parts = [(play(handle, task, n, 1, first), {"saliency_pearson": 0.5} if first == 0 else {})
+             for first, n in shares(5, 3)]
+    assert merged(parts) == {**whole, "saliency_pearson": 0.5}

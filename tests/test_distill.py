@@ -203,6 +203,11 @@ def test_each_mode_gets_its_task_lambda_and_igr_keeps_the_raw_penalty(tmp_path, 
     assert (digr.lam, digr.penalty_norm) == (task.train.digr_lambda, "share")
     assert igr.lam == task.train.igr_lambda != digr.lam
     assert DistillConfig.for_task(task, "digr", lam=2.0).lam == 2.0
+    plain = DistillConfig.for_task(task, "plain")
+    assert (plain.lam, plain.penalty_norm, igr.penalty_norm) == (0.0, "none", "none")  # what each really trains with
+    assert DistillConfig.for_task(task, "digr", penalty_norm="none").penalty_norm == "none"
+    with pytest.raises(UserError, match="igr penalises the raw"):
+        DistillConfig.for_task(task, "igr", penalty_norm="share").validate()
 
     torch.manual_seed(0)
     student = PixelPolicy(PolicyConfig.for_task(get_task("minigrid-fetch"), "edge"))

@@ -21,8 +21,9 @@ class PerturbationConfig:
     stride: int = 5
     mask_sigma: float = 5.0
     blur_sigma: float = 3.0
-    # Perturbed frames per backend call. 64 rather than more: a car-racing map took 1.24x less time than in
-    # calls of 256, on one thread and on two (benchmarks/perturbation_batch.py; docs/RESULTS.md).
+    # Perturbed frames per backend call. 64: on one thread (each student's DAgger maps) the fastest of 32-256,
+    # 1.24x faster than 256 per car-racing map; on two (the labels) 1.24x too, within 10 % of 128's 1.38x
+    # (benchmarks/perturbation_batch.py; docs/RESULTS.md, "A faster demo").
     batch_size: int = 64
 
 
