@@ -111,7 +111,7 @@ def train_teacher(task_name: str, out: str, method: Optional[str], steps: Option
               help="Frames per Ray task, with --ray.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes that roll the teacher out side by side on CPU, each with its share of the frames and "
-                   "interleaved episodes (the demo uses one per core).")
+                   "interleaved episodes (the demo always uses two, whatever the core count).")
 @device_option
 @seed_option
 @quiet_option
