@@ -4,12 +4,10 @@
 
 Uses the seed folder written by `edge-digr demo` (teacher.pt, labels.npz). Each configuration is
 distilled once into <run>/sweep/ (reused if present) and evaluated on the same held-out frames and
-evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-target logit` penalises the greedy
-logit's gradient instead of log π(a*|x)'s (see DistillConfig.penalty_target); `--penalty-norm none`
-penalises the gradient's energy in A (DESIGN.md's raw form) rather than its share of the gradient's energy
-(the default); `--rules soft:0` weights every pixel by 1 − S/max S (the threshold is unused). `--strips DIR`
-draws each configuration's gradient maps beside the demo's plain and DIGR students on the demo's sample
-frames (DIR/<config>_<i>.png).
+evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-norm none` penalises the gradient's
+energy in A (DESIGN.md's raw form) rather than its share of the gradient's energy (the default).
+`--strips DIR` draws each configuration's gradient maps beside the demo's plain and DIGR students on the
+demo's sample frames (DIR/<config>_<i>.png).
 
 `--ray [ADDRESS]` runs each (rule, λ) configuration as a Ray task needing `--cpus-per-job` CPUs (alone: a
 local Ray instance; `auto` or `ray://HOST:10001`: an existing cluster, whose workers must see --run at the
@@ -32,8 +30,7 @@ from edge_digr.core.tasks import get_task
 from edge_digr.ray_jobs import add_ray_arguments, run_jobs
 
 
-def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float, penalty_target: str,
-               penalty_norm: str, episodes: int, seed: int, strips: Optional[Path]) -> Dict[str, Any]:
+def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float, penalty_norm: str, episodes: int, seed: int, strips: Optional[Path]) -> Dict[str, Any]:
     """Distil (unless already there) and evaluate one configuration; its row of the table."""
     task = get_task(task_name)
     labels = run / "labels.npz"
@@ -41,12 +38,11 @@ def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float,
     mode = "plain" if lam == 0 else "digr"
     # The penalty form is always in a DIGR student's name: sweep folders of earlier sessions hold raw-penalty
     # students named without it, from when raw was the default, and files found here are reused.
-    variant = "" if mode == "plain" else f"_{penalty_norm}" + ("" if penalty_target == "logp" else f"_{penalty_target}")
+    variant = "" if mode == "plain" else f"_{penalty_norm}"
     out = run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
     if not out.exists():
         teacher, _ = load_checkpoint(run / "teacher.pt")
         cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=rule, mask_threshold=float(threshold),
-                                     penalty_target=penalty_target,
                                      penalty_norm=penalty_norm if mode == "digr" else None)
         distill(task, train, cfg, out, progress=False, teacher=teacher)
     policy = open_policy(str(out), task)
@@ -56,7 +52,7 @@ def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float,
         demo_students = {name: open_policy(str(run / f"student_{name}.pt"), task) for name in ("plain", "digr")}
         write_strips({**demo_students, out.stem: policy}, task, test, strips, {**COLUMNS, out.stem: out.stem},
                      prefix=out.stem)
-    return {"rule": rule, "threshold": float(threshold), "lam": lam, "target": penalty_target, "norm": penalty_norm,
+    return {"rule": rule, "threshold": float(threshold), "lam": lam, "norm": penalty_norm,
             **m}
 
 
@@ -66,7 +62,6 @@ def main() -> None:
     parser.add_argument("--task", default="minigrid-fetch")
     parser.add_argument("--lams", default="0,0.1,1,10")
     parser.add_argument("--rules", default="fraction:0.1", help="rule:threshold,... (fraction or topk)")
-    parser.add_argument("--penalty-target", default="logp", choices=["logp", "logit"])
     parser.add_argument("--penalty-norm", default="share", choices=["share", "none"],
                         help="DIGR's penalty form: share (the default) or none (the raw ‖A ⊙ ∇g‖²)")
     parser.add_argument("--episodes", type=int, default=100)
@@ -77,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     configs = [dict(run=args.run, task_name=args.task, rule=rule, threshold=threshold, lam=float(lam),
-                    penalty_target=args.penalty_target, penalty_norm=args.penalty_norm, episodes=args.episodes,
+                    penalty_norm=args.penalty_norm, episodes=args.episodes,
                     seed=args.seed, strips=args.strips)
                for rule, threshold in (spec.split(":") for spec in args.rules.split(","))
                for lam in args.lams.split(",")]

@@ -156,9 +156,9 @@ def distill_options(f):
                      help="DIGR's penalty: share (the default; docs/RESULTS.md says why), the input gradient's share "
                           "of energy in the non-salient region, or none, its raw energy there (DESIGN.md's "
                           "‖A ⊙ ∇g‖²). igr always penalises the raw energy."),
-        click.option("--mask-rule", type=click.Choice(["fraction", "topk", "soft"]), default="fraction",
-                     show_default=True, help="Non-salient region: below a fraction of the frame max, outside the "
-                                             "top-k share, or soft weights 1 − S/max S (no threshold)."),
+        click.option("--mask-rule", type=click.Choice(["fraction", "topk"]), default="fraction",
+                     show_default=True, help="Non-salient region: below a fraction of the frame max, or outside "
+                                             "the top-k share."),
         click.option("--mask-threshold", type=FiniteFloat(min=0), default=0.1, show_default=True,
                      help="The --mask-rule's parameter: the fraction of the frame max, or the top-k share."),
         click.option("--temperature", type=positive_float(), default=1.0, show_default=True,

@@ -26,8 +26,7 @@ from edge_digr.saliency import input_gradient
 from edge_digr.core.tasks import Task
 
 MODES = ("digr", "plain", "igr")
-MASK_RULES = ("fraction", "topk", "soft")
-PENALTY_TARGETS = ("logp", "logit")
+MASK_RULES = ("fraction", "topk")
 PENALTY_NORMS = ("none", "share")
 
 
@@ -35,8 +34,7 @@ PENALTY_NORMS = ("none", "share")
 class DistillConfig:
     mode: str = "digr"
     lam: float = 0.3  # weight of the input-gradient penalty (ignored by `plain`); for_task: the task's, per mode
-    # fraction: non-salient = below threshold × frame max; topk: outside the top threshold share;
-    # soft: every pixel weighted 1 − S/max S (no threshold), so the penalty also shapes the salient region.
+    # fraction: non-salient = below threshold × frame max; topk: outside the top threshold share.
     mask_rule: str = "fraction"
     mask_threshold: float = 0.1
     temperature: float = 1.0
@@ -51,10 +49,6 @@ class DistillConfig:
     # A map costs hundreds of teacher passes, an action label one: on car-racing the student needs tens of
     # thousands of labelled frames to drive, the penalty only a few thousand maps.
     dagger_maps: Optional[int] = None
-    # What the penalty differentiates: "logp" is DESIGN.md's target, log π(a*|x), the deployed saliency.
-    # "logit" (z_a*, discrete tasks) is an investigation option: log π(a*) has a vanishing gradient where
-    # the student is confident, so its penalty barely reaches those frames; z_a*'s does not vanish.
-    penalty_target: str = "logp"
     # The penalty's form. "share" divides each frame's ‖A ⊙ ∇g‖² by its ‖∇g‖²: it penalises where the
     # gradient lies, not its size. "none" is the raw ‖A ⊙ ∇g‖², which also rewards shrinking the gradient
     # everywhere. None: the mode's own, set on construction. For digr that is share, the form the evidence
@@ -87,8 +81,6 @@ class DistillConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.penalty_target not in PENALTY_TARGETS:
-            raise UserError(f"penalty_target must be one of {', '.join(PENALTY_TARGETS)}, not {self.penalty_target!r}")
         if self.penalty_norm not in PENALTY_NORMS:
             raise UserError(f"penalty_norm must be one of {', '.join(PENALTY_NORMS)}, not {self.penalty_norm!r}")
         if self.mode == "igr" and self.penalty_norm == "share":
@@ -108,14 +100,8 @@ class DistillConfig:
 
 
 def selection_mask(maps: np.ndarray, rule: str, threshold: float) -> np.ndarray:
-    """A: 1 on the teacher's non-salient pixels of each (N, H, W) map, 0 on the salient ones.
-
-    The `soft` rule weights instead of selecting: 1 − S/max S, 0 at the frame's peak (threshold unused).
-    """
+    """A: 1 on the teacher's non-salient pixels of each (N, H, W) map, 0 on the salient ones."""
     flat = maps.reshape(len(maps), -1)
-    if rule == "soft":
-        peak = np.maximum(flat.max(axis=1, keepdims=True), 1e-12)
-        return (1.0 - flat / peak).reshape(maps.shape).astype(np.float32)
     if rule == "fraction":
         keep = flat >= threshold * flat.max(axis=1, keepdims=True)
     else:  # topk: the `threshold` share of pixels with the highest score is salient
@@ -137,13 +123,12 @@ def distillation_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, cont
 SHARE_EPS = 1e-8  # keeps the share defined on frames whose gradient vanishes (a saturated log π)
 
 
-def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor, target: str = "logp",
-                     norm: str = "none") -> torch.Tensor:
+def gradient_penalty(student: PixelPolicy, inputs, region: torch.Tensor, norm: str = "none") -> torch.Tensor:
     """mean over frames of Σ A·(∂g/∂(x/255))², summed over channels and action components.
 
     norm="share" divides each frame's sum by Σ (∂g/∂(x/255))²: the share of the gradient's energy in A.
     """
-    grad = input_gradient(student, inputs, create_graph=True, target=target) * 255.0
+    grad = input_gradient(student, inputs, create_graph=True) * 255.0
     sq = grad.pow(2).sum(dim=-3)  # over channels → (N, H, W) or (N, K, H, W)
     if sq.dim() == 4:
         sq = sq.sum(dim=1)
@@ -293,7 +278,7 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
                 if mirror is not None:  # the teacher's map of a mirrored frame is its mirror image
                     region = flip_rows(region, flip[torch.from_numpy(here).to(device)])
                 reg = gradient_penalty(model, tuple(x[torch.from_numpy(here)] for x in inputs), region,
-                                       cfg.penalty_target, cfg.penalty_norm)
+                                       cfg.penalty_norm)
                 total = total + lam * reg * dist.weight(len(rows), int(penalised[batch].sum()))
             total.backward()
             optimizer.step()

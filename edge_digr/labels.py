@@ -37,13 +37,22 @@ def whole_pixels(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+def explore(logits: np.ndarray, epsilon: Optional[float], rng: np.random.Generator) -> int:
+    """A rollout's discrete action: sampled from softmax(logits) (epsilon None), or greedy with a uniformly
+    random action on a share `epsilon` of the steps (TrainSpec.rollout_epsilon)."""
+    if epsilon is None:
+        p = np.exp(logits - logits.max())
+        return int(rng.choice(len(p), p=p / p.sum()))
+    return int(rng.integers(len(logits))) if rng.random() < epsilon else int(np.argmax(logits))
+
+
 def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: bool = True,
             actor: Optional[PixelPolicy] = None, worker: int = 0, workers: int = 1) -> Dict[str, np.ndarray]:
     """Frames visited by `actor` (default: the teacher), labelled with the teacher's outputs.
 
-    The actor samples its own distribution (discrete) or adds Gaussian exploration noise to its mean
-    (continuous), so that the frames cover more than one greedy path. A student as actor gives the
-    DAgger frames: the states the student reaches, with the teacher's answer there. Episode k has id and
+    The actor samples its own distribution or acts ε-greedily (discrete: explore()), or adds Gaussian
+    exploration noise to its mean (continuous), so that the frames cover more than one greedy path. A
+    student as actor gives the DAgger frames: the states the student reaches, with the teacher's answer there. Episode k has id and
     environment seed offset worker + k·workers: `workers` collections side by side (collect_side_by_side)
     interleave their episodes, and a single one (the default) numbers them 0, 1, 2, …"""
     actor = actor or teacher
@@ -72,8 +81,7 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
             if task.action.continuous:
                 action = task.action.choose(acting + rng.normal(0.0, 0.2, size=acting.shape))
             else:
-                p = np.exp(acting - acting.max())
-                action = int(rng.choice(len(p), p=p / p.sum()))
+                action = explore(acting, task.train.rollout_epsilon, rng)
             raw, _, terminated, truncated, _ = env.step(action)
             steps += 1
             limit = task.train.max_episode_steps

@@ -116,16 +116,13 @@ class PixelPolicy(nn.Module):
         return tuple(torch.as_tensor(arrays[n], dtype=torch.float32, device=device) for n in names)
 
 
-def saliency_target(policy_out: torch.Tensor, continuous: bool, kind: str = "logp") -> torch.Tensor:
+def saliency_target(policy_out: torch.Tensor, continuous: bool) -> torch.Tensor:
     """The quantity whose input gradient is the deployed saliency (DESIGN.md, "Saliency target").
 
     Discrete: log π(a*|x) for the greedy action a*, shape (N,). Continuous: the action mean, (N, K), one
-    map per component. `kind="logit"` (discrete only) gives the greedy logit z_a* instead: not what is
-    deployed, an alternative for DIGR's penalty (`DistillConfig.penalty_target`).
+    map per component.
     """
     if continuous:
         return policy_out
-    if kind == "logit":
-        return policy_out.gather(1, policy_out.argmax(dim=-1, keepdim=True)).squeeze(1)
     logp = torch.log_softmax(policy_out, dim=-1)
     return logp.gather(1, policy_out.argmax(dim=-1, keepdim=True)).squeeze(1)

@@ -15,13 +15,13 @@ from edge_digr.policies import PixelPolicy, saliency_target
 
 
 def input_gradient(policy: PixelPolicy, inputs: Tuple[torch.Tensor, ...],
-                   create_graph: bool = False, target: str = "logp") -> torch.Tensor:
+                   create_graph: bool = False) -> torch.Tensor:
     """∂g/∂obs for the saliency target g of DESIGN.md: (N, C, H, W), or (N, K, C, H, W) when continuous.
 
     With `create_graph=True` the result is differentiable in the weights (the DIGR regulariser needs it).
     """
     obs = inputs[0].detach().requires_grad_(True)
-    target = saliency_target(policy(obs, *inputs[1:]), policy.cfg.continuous, target)
+    target = saliency_target(policy(obs, *inputs[1:]), policy.cfg.continuous)
     if target.dim() == 1:
         (grad,) = torch.autograd.grad(target.sum(), obs, create_graph=create_graph)
         return grad

@@ -28,13 +28,6 @@ def test_selection_mask_topk_rule_keeps_the_top_share_salient():
     assert a.sum() == 8 and a[0, 1, 3] == 0 and a[0, 1, 4] == 0
 
 
-def test_selection_mask_soft_rule_weights_by_distance_from_the_peak():
-    maps = np.array([[[0.0, 0.5], [2.0, 1.5]], [[0.0, 0.0], [0.0, 0.0]]], np.float32)
-    a = selection_mask(maps, "soft", 0.1)
-    np.testing.assert_allclose(a[0], [[1.0, 0.75], [0.0, 0.25]])
-    np.testing.assert_array_equal(a[1], np.ones((2, 2)))  # a blank map penalises everywhere
-
-
 def test_share_penalty_is_the_gradient_energy_share_in_the_region_and_ignores_scale():
     policy = _policy()
     obs = torch.rand(2, 2, 9, 9) * 255
@@ -44,17 +37,19 @@ def test_share_penalty_is_the_gradient_energy_share_in_the_region_and_ignores_sc
     share = ((sq * region).flatten(1).sum(1) / sq.flatten(1).sum(1)).mean()
     got = gradient_penalty(policy, (obs,), region, norm="share")
     assert 0.0 < got.item() < 1.0 and got.item() == pytest.approx(share.item(), rel=1e-5)
-    # Scaling the head by 3 scales the greedy logit's gradient by 3: its share stays, its size grows 9×.
-    share_before = gradient_penalty(policy, (obs,), region, target="logit", norm="share").item()
-    size_before = gradient_penalty(policy, (obs,), region, target="logit").item()
+    # Scaling a continuous head by 3 scales the action mean's gradient by 3: its share stays, its size grows 9×.
+    steer = _policy(continuous=True)
+    share_before = gradient_penalty(steer, (obs,), region, norm="share").item()
+    size_before = gradient_penalty(steer, (obs,), region).item()
     with torch.no_grad():
-        policy.head.weight.mul_(3.0)
-        policy.head.bias.mul_(3.0)
-    assert gradient_penalty(policy, (obs,), region, target="logit", norm="share").item() == pytest.approx(
-        share_before, rel=1e-4)
-    assert gradient_penalty(policy, (obs,), region, target="logit").item() == pytest.approx(9 * size_before, rel=1e-4)
+        steer.head.weight.mul_(3.0)
+        steer.head.bias.mul_(3.0)
+    assert gradient_penalty(steer, (obs,), region, norm="share").item() == pytest.approx(share_before, rel=1e-4)
+    assert gradient_penalty(steer, (obs,), region).item() == pytest.approx(9 * size_before, rel=1e-4)
     with pytest.raises(UserError, match="penalty_norm"):
         DistillConfig(penalty_norm="ratio").validate()
+    with pytest.raises(UserError, match="mask-rule"):
+        DistillConfig(mask_rule="soft").validate()  # removed: it lost on minigrid-fetch and car-racing
 
 
 @pytest.mark.parametrize("continuous", [False, True])
@@ -68,21 +63,6 @@ def test_penalty_counts_only_selected_pixels(continuous):
     expected = grad.pow(2).sum(-3)
     expected = (expected.sum(1) if continuous else expected)[0, 4, 5] / 2  # mean over the 2 frames
     assert gradient_penalty(policy, (obs,), region).item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-def test_logit_penalty_target_differentiates_the_greedy_logit():
-    policy = _policy()
-    obs = (torch.rand(3, 2, 9, 9) * 255).requires_grad_(True)
-    logits = policy(obs)
-    greedy = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-    (grad,) = torch.autograd.grad(greedy, obs)
-    region = torch.ones(3, 9, 9)
-    expected = (grad * 255.0).pow(2).sum(-3).flatten(1).sum(1).mean()
-    got = gradient_penalty(policy, (obs.detach(),), region, target="logit")
-    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert got.item() != pytest.approx(gradient_penalty(policy, (obs.detach(),), region).item(), rel=1e-3)
-    with pytest.raises(UserError, match="penalty_target"):
-        DistillConfig(penalty_target="logits").validate()
 
 
 def test_penalty_gradient_reaches_the_weights_and_lowers_the_penalty():

@@ -8,11 +8,22 @@ from edge_digr.checkpoint import save_checkpoint
 from edge_digr.cli import main
 from edge_digr.core.perturbation import PerturbationConfig
 from edge_digr.core.tasks import get_task
-from edge_digr.labels import add_perturbation_maps, collect, mapped_frames, mapped_only
+from edge_digr.labels import add_perturbation_maps, collect, explore, mapped_frames, mapped_only
 from edge_digr.policies import PixelPolicy, PolicyConfig
 
 TASK = get_task("minigrid-fetch")
 CONFIG = PerturbationConfig(stride=8)  # 25 masks a 40x40 frame: quick, every code path the same
+
+
+def test_rollouts_sample_or_act_epsilon_greedily():
+    logits = np.log(np.array([0.1, 0.2, 0.7]))
+    rng = np.random.default_rng(0)
+    sampled = np.bincount([explore(logits, None, rng) for _ in range(4000)], minlength=3) / 4000
+    assert np.allclose(sampled, [0.1, 0.2, 0.7], atol=0.03)
+    assert {explore(logits, 0.0, rng) for _ in range(200)} == {2}  # ε 0: the greedy action every step
+    chosen = np.array([explore(logits, 0.3, rng) for _ in range(4000)])
+    # ε of the steps draw uniformly, so the others show up at ε/3 each and the greedy one at 1 − 2ε/3
+    assert np.allclose(np.bincount(chosen, minlength=3) / 4000, [0.1, 0.1, 0.8], atol=0.03)
 
 
 def test_mapped_frames_are_spread_evenly_over_the_rollout():

@@ -62,7 +62,7 @@ def test_the_penalty_region_is_mirrored_with_its_frame(tmp_path, monkeypatch):
     data["teacher_out"] = rng.normal(size=(n, task.action.n)).astype(np.float32)
     seen = []
 
-    def record(student, inputs, region, target="logp", norm="none"):
+    def record(student, inputs, region, norm="none"):
         seen.append((inputs[0].detach().clone(), region.clone()))
         return (student(*inputs).sum() * 0.0)
 

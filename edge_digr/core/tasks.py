@@ -75,6 +75,11 @@ class TrainSpec:
     label_maps: Optional[int] = None
     distill_epochs: int = 30
     eval_episodes: int = 50
+    # How label and DAgger rollouts act on a discrete task: None samples the actor's own distribution; ε acts
+    # greedily, with a uniformly random action on a share ε of the steps. The rollouts' frames should be the
+    # ones the greedy evaluation reaches: Breakout's teacher scores ≈ 56 sampling its distribution and 131
+    # greedy, so sampled frames miss the later game (docs/RESULTS.md, "Breakout students, third attempt").
+    rollout_epsilon: Optional[float] = None
     # Gradient-penalty weights (docs/RESULTS.md, "Which penalty is DIGR's"): DIGR's share-normalised penalty
     # at 0.3 held the return on minigrid-fetch (car-racing sets 0.1; atari-breakout's is unswept); IGR's raw,
     # global penalty needs its own.
@@ -299,6 +304,7 @@ TASKS: Dict[str, Task] = {
                         eval_episodes=10, max_episode_steps=27_000, teacher_method="expert",
                         imitation_rounds=12, imitation_updates=2000, imitation_lr=1e-3,
                         mirror_actions=(0, 1, 3, 2),  # noop, fire, right <-> left
+                        rollout_epsilon=0.02,
                         expected_wall_time="DAgger on the RAM expert: see docs/RESULTS.md (PPO: ~30 h for 10M steps)"),
         make_env=_make_atari,
         preprocess=_preprocess_atari,
