@@ -52,9 +52,10 @@ def collect(teacher: PixelPolicy, task: Task, frames: int, seed: int, progress: 
 
     The actor samples its own distribution or acts ε-greedily (discrete: explore()), or adds Gaussian
     exploration noise to its mean (continuous), so that the frames cover more than one greedy path. A
-    student as actor gives the DAgger frames: the states the student reaches, with the teacher's answer there. Episode k has id and
-    environment seed offset worker + k·workers: `workers` collections side by side (collect_side_by_side)
-    interleave their episodes, and a single one (the default) numbers them 0, 1, 2, …"""
+    student as actor gives the DAgger frames: the states the student reaches, with the teacher's answer
+    there. Episode k has id and environment seed offset worker + k·workers: `workers` collections side by
+    side (collect_side_by_side) interleave their episodes, and a single one (the default) numbers them
+    0, 1, 2, …"""
     actor = actor or teacher
     from tqdm import tqdm
 
