@@ -166,6 +166,11 @@ def distill_options(f):
         click.option("--arch", type=click.Choice(["teacher", "edge"]), default=None,
                      help="Student architecture (default: the task's: edge where that student holds the return "
                           "bar, else the teacher's)."),
+        click.option("--init", type=click.Choice(["random", "teacher"]), default=None,
+                     help="How the student starts: random weights, or the teacher's, its hidden layers pruned to the "
+                          "student's widths (needs the teacher's convs). Default: the task's."),
+        click.option("--lr", type=positive_float(), default=None,
+                     help="Adam's learning rate (default: the task's)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the task's)."),
         click.option("--dagger-rounds", type=click.IntRange(min=0), default=None,
                      help="Rounds of student rollouts labelled by the teacher (default: the task's)."),
@@ -191,8 +196,9 @@ def distill_options(f):
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
             penalty_norm: Optional[str], mask_rule: str, mask_threshold: float, temperature: float,
-            arch: Optional[str], epochs: Optional[int], dagger_rounds: Optional[int], dagger_frames: Optional[int],
-            dagger_maps: Optional[int], resume: bool, device: str, seed: int, quiet: bool) -> None:
+            arch: Optional[str], init: Optional[str], lr: Optional[float], epochs: Optional[int],
+            dagger_rounds: Optional[int], dagger_frames: Optional[int], dagger_maps: Optional[int], resume: bool,
+            device: str, seed: int, quiet: bool) -> None:
     """Distil a student from the teacher's labels: DIGR, plain, or global IGR.
 
     Under `torchrun --nproc-per-node N` each process trains on its share of every batch and the gradients
@@ -210,8 +216,8 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     train, _ = split(load_labels(labels_path, task))
     cfg = DistillConfig.for_task(task, mode, seed, lam=lam, penalty_norm=penalty_norm, mask_rule=mask_rule,
                                  mask_threshold=mask_threshold, temperature=temperature,
-                                 arch=arch, epochs=epochs, dagger_rounds=dagger_rounds, dagger_frames=dagger_frames,
-                                 dagger_maps=dagger_maps)
+                                 arch=arch, init=init, lr=lr, epochs=epochs, dagger_rounds=dagger_rounds,
+                                 dagger_frames=dagger_frames, dagger_maps=dagger_maps)
     dist = Distributed.from_env()  # torchrun's process, or a single one
     torch_device = resolve_device(device, dist.local_rank)
     run(task, train, cfg, out, resume=resume, progress=not quiet, teacher=_teacher(teacher, task_name, torch_device),

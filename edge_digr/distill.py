@@ -21,13 +21,14 @@ from edge_digr.core.fileio import PathLike, atomic_path
 from edge_digr.distributed import Distributed
 from edge_digr.labels import add_perturbation_maps, collect, whole_pixels
 from edge_digr.mirror import flip_rows, mirrored_actions, mirrored_logits
-from edge_digr.policies import PixelPolicy, PolicyConfig
+from edge_digr.policies import PixelPolicy, PolicyConfig, start_from_teacher
 from edge_digr.saliency import input_gradient
 from edge_digr.core.tasks import Task
 
 MODES = ("digr", "plain", "igr")
 MASK_RULES = ("fraction", "topk")
 PENALTY_NORMS = ("none", "share")
+INITS = ("random", "teacher")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class DistillConfig:
     mask_threshold: float = 0.1
     temperature: float = 1.0
     arch: str = "teacher"  # student architecture: the teacher's, or the smaller `edge`
+    init: str = "random"  # random weights, or "teacher": the teacher's, pruned to the student (start_from_teacher)
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
@@ -71,7 +73,7 @@ class DistillConfig:
         t = task.train
         base = dict(lam={"digr": t.digr_lambda, "igr": t.igr_lambda}.get(mode, 0.0), epochs=t.distill_epochs,
                     dagger_rounds=t.dagger_rounds, dagger_frames=t.dagger_frames, dagger_maps=t.dagger_maps,
-                    arch=t.student_arch)
+                    arch=t.student_arch, init=t.student_init, lr=t.distill_lr)
         given = {k: v for k, v in overrides.items() if v is not None}
         base.update(given)
         if "dagger_maps" not in given and base["dagger_maps"] is not None:  # the task's share of fewer frames
@@ -86,6 +88,10 @@ class DistillConfig:
         if self.mode == "igr" and self.penalty_norm == "share":
             raise UserError("--penalty-norm share is digr's: igr penalises the raw gradient energy everywhere "
                             "(its share would be 1 on every frame); leave --penalty-norm out for igr")
+        if self.init not in INITS:
+            raise UserError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
         if self.mask_rule not in MASK_RULES:
             raise UserError(f"--mask-rule must be one of {', '.join(MASK_RULES)}, not {self.mask_rule!r}")
         if not 0.0 < self.mask_threshold < 1.0:
@@ -166,6 +172,13 @@ def penalised_frames(mode: str, mapped: np.ndarray) -> np.ndarray:
     return mapped if mode == "digr" else np.ones(len(mapped), bool)
 
 
+def init_frames(data: Dict[str, np.ndarray], names: List[str], seed: int, device: torch.device,
+                n: int = 2048) -> tuple:
+    """Up to `n` training frames, drawn by `seed`: the batch whose activations rank the teacher's hidden units."""
+    rows = np.sort(np.random.default_rng(seed).permutation(len(data[names[0]]))[:n])
+    return tuple(torch.as_tensor(data[name][rows], dtype=torch.float32, device=device) for name in names)
+
+
 def dagger_epochs(epochs: int, rounds: int) -> List[int]:
     """Epoch counts after which a DAgger round collects frames: spread evenly over training."""
     return [round((k + 1) * epochs / (rounds + 1)) for k in range(rounds)]
@@ -189,6 +202,8 @@ def distill(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: P
     cfg.validate()
     if cfg.dagger_rounds and teacher is None:
         raise UserError("DAgger rounds need the teacher (--teacher) to label the student's frames")
+    if cfg.init == "teacher" and teacher is None:
+        raise UserError("--init teacher needs the teacher (--teacher) to start the student from")
     device = device or torch.device("cpu")
     dist.start(device, cfg.batch_size)
     try:
@@ -207,9 +222,11 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
 
     torch.manual_seed(cfg.seed)
     student = PixelPolicy(PolicyConfig.for_task(task, cfg.arch)).to(device)
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     names = [spec.name for spec in task.inputs]
     data = training_arrays(train, names)
+    if cfg.init == "teacher":
+        start_from_teacher(student, teacher, init_frames(data, names, cfg.seed, device))
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     keys = list(data)
     added: Dict[str, np.ndarray] = {k: data[k][:0] for k in keys}  # DAgger frames so far
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from edge_digr.core.errors import UserError
 from edge_digr.core.tasks import ArchSpec, Task
 
 
@@ -126,3 +127,62 @@ def saliency_target(policy_out: torch.Tensor, continuous: bool) -> torch.Tensor:
         return policy_out
     logp = torch.log_softmax(policy_out, dim=-1)
     return logp.gather(1, policy_out.argmax(dim=-1, keepdim=True)).squeeze(1)
+
+
+def start_from_teacher(student: PixelPolicy, teacher: PixelPolicy, inputs: Tuple[torch.Tensor, ...]) -> None:
+    """Set `student`'s weights from `teacher`'s, for a student with the teacher's convs and hidden layers
+    no wider than the teacher's (structured pruning).
+
+    Convs (and the extra-input gate) are copied whole. Each hidden layer keeps the teacher's units that
+    matter most on `inputs` (a batch of training frames): RMS activation times the norm of the unit's
+    outgoing weights. A ReLU unit that never fires scores 0 and costs nothing to drop (the shipped Breakout
+    teacher has 232 such units of 512); each dropped unit's mean activation is folded into the next layer's
+    bias. With equal widths this copies the teacher exactly. Distillation then starts from the teacher's
+    function instead of learning it from frames: where a student from random weights cannot match the
+    teacher closely enough to keep its return (Breakout), one started here can (docs/RESULTS.md).
+    """
+    s, t = student.cfg, teacher.cfg
+    same = (s.obs_shape, s.n_out, s.continuous, s.convs, s.extra_dim) == (t.obs_shape, t.n_out, t.continuous,
+                                                                          t.convs, t.extra_dim)
+    if not same or len(s.hidden) != len(t.hidden) or any(a > b for a, b in zip(s.hidden, t.hidden)):
+        raise UserError(f"--init teacher needs a student with the teacher's convs {t.convs} and hidden layers no "
+                        f"wider than its {t.hidden}; this student has convs {s.convs}, hidden {s.hidden}: "
+                        "use --arch teacher, or --init random")
+    n_conv = len(t.convs)
+    s_layers, t_layers = student.trunk.weight_layers(), teacher.trunk.weight_layers()
+    with torch.no_grad():
+        pairs = list(zip(s_layers[:n_conv], t_layers[:n_conv]))
+        if t.extra_dim:
+            pairs.append((student.trunk.gate, teacher.trunk.gate))
+        for mine, theirs in pairs:
+            mine.load_state_dict(theirs.state_dict())
+        acts = hidden_activations(teacher, inputs)
+        s_lin, t_lin = s_layers[n_conv:] + [student.head], t_layers[n_conv:] + [teacher.head]
+        cols: Any = slice(None)  # the previous layer's kept outputs: every conv feature for the first
+        shift = torch.zeros(t_lin[0].out_features, device=teacher.device)  # the dropped units' mean input to this layer's outputs
+        for i, (mine, theirs) in enumerate(zip(s_lin, t_lin)):
+            weight, bias = theirs.weight[:, cols], theirs.bias + shift
+            if i < len(acts):
+                nxt = t_lin[i + 1].weight
+                score = acts[i].pow(2).mean(0).sqrt() * nxt.norm(dim=0)
+                keep = score.argsort(descending=True)[:mine.out_features].sort().values
+                dropped = torch.ones(len(score), dtype=torch.bool, device=score.device)
+                dropped[keep] = False
+                shift = nxt[:, dropped] @ acts[i].mean(0)[dropped]
+                weight, bias, cols = weight[keep], bias[keep], keep
+            mine.weight.copy_(weight)
+            mine.bias.copy_(bias)
+
+
+def hidden_activations(policy: PixelPolicy, inputs: Tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Each hidden layer's post-ReLU activations (N, width) on `inputs`, in forward order."""
+    relus = [m for prev, m in zip(policy.trunk.body, list(policy.trunk.body)[1:]) if isinstance(prev, nn.Linear)]
+    acts: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out.detach())) for m in relus]
+    try:
+        with torch.no_grad():
+            policy(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return acts

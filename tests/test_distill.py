@@ -231,3 +231,59 @@ def test_training_arrays_keep_the_maps_of_mapped_frames_only():
     rows = map_rows(mapped)
     assert rows.tolist() == [-1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1]
     np.testing.assert_array_equal(arrays["saliency"][rows[mapped]], data["saliency"][mapped])
+
+
+def _teacher_with_dead_units(task, dead):
+    """The task's teacher architecture, random weights, with the hidden units in `dead` never firing."""
+    torch.manual_seed(2)
+    teacher = PixelPolicy(PolicyConfig.for_task(task, "teacher")).eval()
+    hidden = teacher.trunk.weight_layers()[len(teacher.cfg.convs)]
+    with torch.no_grad():
+        hidden.weight[dead] = 0.0
+        hidden.bias[dead] = -1.0  # ReLU(-1) = 0 on every input
+    return teacher
+
+
+def test_a_student_started_from_the_teacher_copies_it_and_drops_only_silent_units():
+    from dataclasses import replace
+    from edge_digr.policies import start_from_teacher
+
+    task = get_task("minigrid-fetch")  # convs, a mission gate and one hidden layer: every part that is copied
+    width = task.teacher_arch.hidden[0]
+    teacher = _teacher_with_dead_units(task, list(range(0, width, 2)))  # half the units never fire
+    inputs = teacher.inputs_from(_labels(task, n=16))
+    with torch.no_grad():
+        expected = teacher(*inputs)
+    same = PixelPolicy(teacher.cfg)
+    start_from_teacher(same, teacher, inputs)
+    narrow = PixelPolicy(replace(teacher.cfg, hidden=(width // 2,)))
+    start_from_teacher(narrow, teacher, inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(same(*inputs), expected, rtol=0, atol=0)
+        torch.testing.assert_close(narrow(*inputs), expected, rtol=1e-5, atol=1e-5)  # the live half, all of it
+        # Narrower than the live units: the least used go, their mean folded into the bias; close, not equal.
+        narrower = PixelPolicy(replace(teacher.cfg, hidden=(width // 4,)))
+        start_from_teacher(narrower, teacher, inputs)
+        assert not torch.allclose(narrower(*inputs), expected, atol=1e-5)
+    with pytest.raises(UserError, match="--init teacher needs a student with the teacher's convs"):
+        start_from_teacher(PixelPolicy(PolicyConfig.for_task(task, "edge")), teacher, inputs)
+    with pytest.raises(UserError, match="no wider"):
+        start_from_teacher(PixelPolicy(replace(teacher.cfg, hidden=(width * 2,))), teacher, inputs)
+
+
+def test_distill_init_teacher_starts_at_the_teacher_and_needs_one(tmp_path):
+    task = get_task("minigrid-fetch")
+    teacher = _teacher_with_dead_units(task, [0, 1, 2])
+    labels = _labels(task)
+    # lr so small that the run keeps the start: the student is then the teacher, to float precision.
+    cfg = DistillConfig(mode="plain", epochs=1, batch_size=8, arch="teacher", init="teacher", lr=1e-12)
+    student = distill(task, labels, cfg, tmp_path / "s.pt", progress=False, teacher=teacher)
+    inputs = teacher.inputs_from(labels)
+    with torch.no_grad():
+        torch.testing.assert_close(student(*inputs), teacher(*inputs), rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="--init teacher needs the teacher"):
+        distill(task, labels, cfg, tmp_path / "t.pt", progress=False)
+    with pytest.raises(UserError, match="--init must be one of"):
+        DistillConfig(init="imagenet").validate()
+    with pytest.raises(UserError, match="--lr"):
+        DistillConfig(lr=0.0).validate()
