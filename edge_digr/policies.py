@@ -159,7 +159,8 @@ def start_from_teacher(student: PixelPolicy, teacher: PixelPolicy, inputs: Tuple
         acts = hidden_activations(teacher, inputs)
         s_lin, t_lin = s_layers[n_conv:] + [student.head], t_layers[n_conv:] + [teacher.head]
         cols: Any = slice(None)  # the previous layer's kept outputs: every conv feature for the first
-        shift = torch.zeros(t_lin[0].out_features, device=teacher.device)  # the dropped units' mean input to this layer's outputs
+        # What the previous layer's dropped units added, on average, to this layer's outputs.
+        shift = torch.zeros(t_lin[0].out_features, device=teacher.device)
         for i, (mine, theirs) in enumerate(zip(s_lin, t_lin)):
             weight, bias = theirs.weight[:, cols], theirs.bias + shift
             if i < len(acts):

@@ -128,10 +128,13 @@ def _errors(name: str, got: np.ndarray, ref: np.ndarray) -> Parity:
 
 
 def parity(path: PathLike, ckpt: PathLike, batch: int = PARITY_BATCH, seed: int = 0,
-           task: Optional[str] = None) -> List[Parity]:
+           task: Optional[str] = None, data: Optional[PathLike] = None) -> List[Parity]:
     """Run the graph in ONNX Runtime and the checkpoint's policy under torch autograd on the same inputs.
 
-    `ckpt` is an edge-digr `.pt` or an SB3 `.zip` (then `task` says which task it serves).
+    `ckpt` is an edge-digr `.pt` or an SB3 `.zip` (then `task` says which task it serves). The inputs are
+    the first frames of `data` (a frames .npz or labels.npz), else random pixels. Random pixels drive some
+    policies to a softmax of exactly 1 (the Breakout students), where the saliency of log π(a*) is float
+    rounding and its relative error means nothing: real frames test the graph where it is used.
     """
     import onnxruntime as ort
     import torch
@@ -151,8 +154,17 @@ def parity(path: PathLike, ckpt: PathLike, batch: int = PARITY_BATCH, seed: int 
     opts.log_severity_level = 3  # quantized graphs make ORT warn about unused initializers
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     fixed = session.get_inputs()[0].shape[0]
-    inputs = example_inputs_for(task, batch=fixed if isinstance(fixed, int) else batch, seed=seed)
+    n = fixed if isinstance(fixed, int) else batch
     names = [i.name for i in session.get_inputs()]
+    if data is None:
+        inputs = example_inputs_for(task, batch=n, seed=seed)
+    else:
+        from edge_digr.core.frames import load_frames, model_inputs
+
+        frames = load_frames(data, model_inputs(path)).arrays
+        if len(next(iter(frames.values()))) < n:
+            raise UserError(f"{data} holds fewer than the {n} frames the parity run takes")
+        inputs = tuple(torch.from_numpy(frames[name][:n]) for name in names)
     if len(names) != len(inputs):
         raise UserError(f"{path} has inputs {names}, but task {task!r} has {len(inputs)}")
     got = dict(zip([o.name for o in session.get_outputs()],
@@ -166,7 +178,7 @@ def parity(path: PathLike, ckpt: PathLike, batch: int = PARITY_BATCH, seed: int 
 
 
 def check_onnx(path: PathLike, target: str = "trt8.5", checkpoint: Optional[PathLike] = None,
-               tolerance: float = PARITY_TOLERANCE) -> CheckReport:
+               tolerance: float = PARITY_TOLERANCE, data: Optional[PathLike] = None) -> CheckReport:
     from edge_digr.core.fused_graph import backward_nodes
 
     path = Path(path)
@@ -190,7 +202,7 @@ def check_onnx(path: PathLike, target: str = "trt8.5", checkpoint: Optional[Path
         _contract(model, manifest, report)
     ckpt = _resolve_checkpoint(path, manifest, checkpoint, report)
     if ckpt is not None:
-        report.parity = parity(path, ckpt, task=manifest.task if manifest else None)
+        report.parity = parity(path, ckpt, task=manifest.task if manifest else None, data=data)
         precision = manifest.precision if manifest else "fp32"
         if precision != "fp32":
             report.notes.append(f"precision {precision}: parity shown for information, tolerance applies to fp32")

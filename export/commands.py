@@ -43,11 +43,14 @@ def export(checkpoint: str, out: str, opset: int, static_batch: bool, separate_b
               help="TensorRT version whose ONNX parser support list is checked")
 @option("--policy", "checkpoint", old=["--checkpoint"], type=click.Path(dir_okay=False), default=None,
         help="torch policy (.pt) for the gradient-parity run (default: the manifest's source next to MODEL)")
-def check(model: str, target: str, checkpoint: Optional[str]) -> None:
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Frames .npz for the parity run (from `edge-digr run --save-feed`, or labels.npz); default: "
+                   "random pixels, on which a confident policy's saliency is float rounding.")
+def check(model: str, target: str, checkpoint: Optional[str], data: Optional[str]) -> None:
     """Verify MODEL: onnx.checker, TensorRT operator support, and gradient parity against torch autograd."""
     from edge_digr.export.check import check_onnx
 
-    report = check_onnx(model, target=target, checkpoint=checkpoint)
+    report = check_onnx(model, target=target, checkpoint=checkpoint, data=data)
     for line in report.lines():
         click.echo(line)
     if not report.ok:

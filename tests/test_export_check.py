@@ -119,6 +119,25 @@ def test_parity_catches_a_wrong_gradient_path(tmp_path) -> None:
     assert failed and all("saliency" in v for v in failed)  # the forward head is untouched
 
 
+def test_parity_runs_on_the_given_frames(tmp_path) -> None:
+    from edge_digr.core.errors import UserError
+    from edge_digr.export.check import parity
+
+    path = _student(tmp_path)
+    frames = np.random.default_rng(1).integers(0, 40, (4, 4, 84, 84)).astype(np.uint8)  # dim, like Breakout
+    np.savez(tmp_path / "frames.npz", obs=frames)
+    report = check_onnx(path, data=tmp_path / "frames.npz")
+    assert report.ok, report.lines()
+    # The same graph on other frames gives other errors: the run took the file's frames, not random pixels.
+    assert [p.max_abs for p in report.parity] != [p.max_abs for p in check_onnx(path).parity]
+    np.savez(tmp_path / "two.npz", obs=frames[:2])
+    with pytest.raises(UserError, match="fewer than the 3 frames"):
+        parity(path, tmp_path / "student.pt", data=tmp_path / "two.npz")
+    np.savez(tmp_path / "other.npz", frame=frames)
+    with pytest.raises(UserError, match="lacks the array"):
+        parity(path, tmp_path / "student.pt", data=tmp_path / "other.npz")
+
+
 def test_missing_manifest_is_a_violation(tmp_path) -> None:
     path = _student(tmp_path)
     model = onnx.load(str(path))
