@@ -272,7 +272,7 @@ def _make_carla(seed: Optional[int] = None, render_mode: Optional[str] = None, h
 NATURE = ArchSpec(convs=((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)), hidden=(512,))
 NATURE_EDGE = ArchSpec(convs=((16, 8, 4, 0), (32, 4, 2, 0)), hidden=(256,))
 # Breakout's students keep the teacher's convs so they can start from it (TrainSpec.student_init): from
-# random weights no student, NATURE_EDGE or the teacher's own, agreed with the teacher on more than ~78 % of
+# random weights no student, NATURE_EDGE or the teacher's own, agreed with the teacher on more than ~79 % of
 # held-out frames, and none kept more than 35 % of its return. 224 of the teacher's 512 hidden units start
 # at 97 % agreement (232 never fire), for half its weights (docs/RESULTS.md, "Breakout students, fourth
 # attempt").
@@ -312,7 +312,8 @@ TASKS: Dict[str, Task] = {
         # a few pixels (docs/RESULTS.md, "Breakout: an expert the frames explain").
         train=TrainSpec(teacher_steps=240_000, n_envs=8, n_steps=128, batch_size=256, n_epochs=4,
                         learning_rate=2.5e-4, ent_coef=0.01, label_frames=5000, distill_epochs=8,
-                        student_arch="edge", student_init="teacher", distill_lr=1e-4, eval_episodes=10, max_episode_steps=27_000, teacher_method="expert",
+                        student_arch="edge", student_init="teacher", distill_lr=1e-4, eval_episodes=10,
+                        max_episode_steps=27_000, teacher_method="expert",
                         imitation_rounds=12, imitation_updates=2000, imitation_lr=1e-3,
                         mirror_actions=(0, 1, 3, 2),  # noop, fire, right <-> left
                         rollout_epsilon=0.02,
