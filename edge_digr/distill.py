@@ -172,13 +172,6 @@ def penalised_frames(mode: str, mapped: np.ndarray) -> np.ndarray:
     return mapped if mode == "digr" else np.ones(len(mapped), bool)
 
 
-def init_frames(data: Dict[str, np.ndarray], names: List[str], seed: int, device: torch.device,
-                n: int = 2048) -> tuple:
-    """Up to `n` training frames, drawn by `seed`: the batch whose activations rank the teacher's hidden units."""
-    rows = np.sort(np.random.default_rng(seed).permutation(len(data[names[0]]))[:n])
-    return tuple(torch.as_tensor(data[name][rows], dtype=torch.float32, device=device) for name in names)
-
-
 def dagger_epochs(epochs: int, rounds: int) -> List[int]:
     """Epoch counts after which a DAgger round collects frames: spread evenly over training."""
     return [round((k + 1) * epochs / (rounds + 1)) for k in range(rounds)]
@@ -225,7 +218,9 @@ def _train(task: Task, train: Dict[str, np.ndarray], cfg: DistillConfig, out: Pa
     names = [spec.name for spec in task.inputs]
     data = training_arrays(train, names)
     if cfg.init == "teacher":
-        start_from_teacher(student, teacher, init_frames(data, names, cfg.seed, device))
+        # Up to 2 048 training frames drawn by the seed: the batch whose activations rank the teacher's units.
+        rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(data["teacher_out"]))[:2048])
+        start_from_teacher(student, teacher, student.inputs_from({name: data[name][rows] for name in names}))
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     keys = list(data)
     added: Dict[str, np.ndarray] = {k: data[k][:0] for k in keys}  # DAgger frames so far

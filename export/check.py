@@ -161,10 +161,10 @@ def parity(path: PathLike, ckpt: PathLike, batch: int = PARITY_BATCH, seed: int 
     else:
         from edge_digr.core.frames import load_frames, model_inputs
 
-        frames = load_frames(data, model_inputs(path)).arrays
-        if len(next(iter(frames.values()))) < n:
+        frames = load_frames(data, model_inputs(path))
+        if len(frames) < n:
             raise UserError(f"{data} holds fewer than the {n} frames the parity run takes")
-        inputs = tuple(torch.from_numpy(frames[name][:n]) for name in names)
+        inputs = tuple(torch.from_numpy(frames.arrays[name][:n]) for name in names)
     if len(names) != len(inputs):
         raise UserError(f"{path} has inputs {names}, but task {task!r} has {len(inputs)}")
     got = dict(zip([o.name for o in session.get_outputs()],
