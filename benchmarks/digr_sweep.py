@@ -4,8 +4,7 @@
 
 Uses the seed folder written by `edge-digr demo` (teacher.pt, labels.npz). Each configuration is
 distilled once into <run>/sweep/ (reused if present) and evaluated on the same held-out frames and
-evaluation seeds as the demo. λ = 0 is plain distillation. `--penalty-norm none` penalises the gradient's
-energy in A (DESIGN.md's raw form) rather than its share of the gradient's energy (the default).
+evaluation seeds as the demo. λ = 0 is plain distillation; DIGR students use the share penalty.
 `--strips DIR` draws each configuration's gradient maps beside the demo's plain and DIGR students on the
 demo's sample frames (DIR/<config>_<i>.png).
 
@@ -30,20 +29,20 @@ from edge_digr.core.tasks import get_task
 from edge_digr.ray_jobs import add_ray_arguments, run_jobs
 
 
-def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float, penalty_norm: str, episodes: int, seed: int, strips: Optional[Path]) -> Dict[str, Any]:
+def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float, episodes: int, seed: int,
+               strips: Optional[Path]) -> Dict[str, Any]:
     """Distil (unless already there) and evaluate one configuration; its row of the table."""
     task = get_task(task_name)
     labels = run / "labels.npz"
     train, test = split(load_labels(labels, task))
     mode = "plain" if lam == 0 else "digr"
-    # The penalty form is always in a DIGR student's name: sweep folders of earlier sessions hold raw-penalty
+    # The penalty form stays in a DIGR student's name: sweep folders of earlier sessions hold raw-penalty
     # students named without it, from when raw was the default, and files found here are reused.
-    variant = "" if mode == "plain" else f"_{penalty_norm}"
+    variant = "" if mode == "plain" else "_share"
     out = run / "sweep" / f"{mode}_{rule}{threshold}_lam{lam:g}{variant}.pt"
     if not out.exists():
         teacher, _ = load_checkpoint(run / "teacher.pt")
-        cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=rule, mask_threshold=float(threshold),
-                                     penalty_norm=penalty_norm if mode == "digr" else None)
+        cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=rule, mask_threshold=float(threshold))
         distill(task, train, cfg, out, progress=False, teacher=teacher)
     policy = open_policy(str(out), task)
     m = evaluate_policy(policy, task, episodes, str(labels), seed, progress=False)
@@ -52,8 +51,7 @@ def run_config(run: Path, task_name: str, rule: str, threshold: str, lam: float,
         demo_students = {name: open_policy(str(run / f"student_{name}.pt"), task) for name in ("plain", "digr")}
         write_strips({**demo_students, out.stem: policy}, task, test, strips, {**COLUMNS, out.stem: out.stem},
                      prefix=out.stem)
-    return {"rule": rule, "threshold": float(threshold), "lam": lam, "norm": penalty_norm,
-            **m}
+    return {"rule": rule, "threshold": float(threshold), "lam": lam, **m}
 
 
 def main() -> None:
@@ -62,8 +60,6 @@ def main() -> None:
     parser.add_argument("--task", default="minigrid-fetch")
     parser.add_argument("--lams", default="0,0.1,1,10")
     parser.add_argument("--rules", default="fraction:0.1", help="rule:threshold,... (fraction or topk)")
-    parser.add_argument("--penalty-norm", default="share", choices=["share", "none"],
-                        help="DIGR's penalty form: share (the default) or none (the raw ‖A ⊙ ∇g‖²)")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strips", type=Path, default=None, help="folder for strips: frame | teacher | plain | "
@@ -72,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     configs = [dict(run=args.run, task_name=args.task, rule=rule, threshold=threshold, lam=float(lam),
-                    penalty_norm=args.penalty_norm, episodes=args.episodes,
+                    episodes=args.episodes,
                     seed=args.seed, strips=args.strips)
                for rule, threshold in (spec.split(":") for spec in args.rules.split(","))
                for lam in args.lams.split(",")]

@@ -152,10 +152,6 @@ def distill_options(f):
                           "igr: penalise it everywhere."),
         click.option("--lam", type=FiniteFloat(min=0), default=None,
                      help="Gradient-penalty weight λ (default: the task's)."),
-        click.option("--penalty-norm", type=click.Choice(["share", "none"]), default=None,
-                     help="DIGR's penalty: share (the default; docs/RESULTS.md says why), the input gradient's share "
-                          "of energy in the non-salient region, or none, its raw energy there (DESIGN.md's "
-                          "‖A ⊙ ∇g‖²). igr always penalises the raw energy."),
         click.option("--mask-rule", type=click.Choice(["fraction", "topk"]), default="fraction",
                      show_default=True, help="Non-salient region: below a fraction of the frame max, or outside "
                                              "the top-k share."),
@@ -195,7 +191,7 @@ def distill_options(f):
 @seed_option
 @quiet_option
 def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str, lam: Optional[float],
-            penalty_norm: Optional[str], mask_rule: str, mask_threshold: float, temperature: float,
+            mask_rule: str, mask_threshold: float, temperature: float,
             arch: Optional[str], init: Optional[str], lr: Optional[float], epochs: Optional[int],
             dagger_rounds: Optional[int], dagger_frames: Optional[int], dagger_maps: Optional[int], resume: bool,
             device: str, seed: int, quiet: bool) -> None:
@@ -214,7 +210,7 @@ def distill(task_name: str, teacher: str, labels_path: str, out: str, mode: str,
     task_name = policy_task(teacher, task_name)
     task = get_task(task_name)
     train, _ = split(load_labels(labels_path, task))
-    cfg = DistillConfig.for_task(task, mode, seed, lam=lam, penalty_norm=penalty_norm, mask_rule=mask_rule,
+    cfg = DistillConfig.for_task(task, mode, seed, lam=lam, mask_rule=mask_rule,
                                  mask_threshold=mask_threshold, temperature=temperature,
                                  arch=arch, init=init, lr=lr, epochs=epochs, dagger_rounds=dagger_rounds,
                                  dagger_frames=dagger_frames, dagger_maps=dagger_maps)

@@ -27,7 +27,6 @@ from edge_digr.core.tasks import Task
 
 MODES = ("digr", "plain", "igr")
 MASK_RULES = ("fraction", "topk")
-PENALTY_NORMS = ("none", "share")
 INITS = ("random", "teacher")
 
 
@@ -51,21 +50,19 @@ class DistillConfig:
     # A map costs hundreds of teacher passes, an action label one: on car-racing the student needs tens of
     # thousands of labelled frames to drive, the penalty only a few thousand maps.
     dagger_maps: Optional[int] = None
-    # The penalty's form. "share" divides each frame's ‖A ⊙ ∇g‖² by its ‖∇g‖²: it penalises where the
-    # gradient lies, not its size. "none" is the raw ‖A ⊙ ∇g‖², which also rewards shrinking the gradient
-    # everywhere. None: the mode's own, set on construction. For digr that is share, the form the evidence
-    # supports (docs/RESULTS.md, "Which penalty is DIGR's"): it beat plain distillation on agreement and held
-    # the return on every seed tried; the raw form led nowhere by two standard deviations and lost the return
-    # on some seeds. igr is raw by definition: its region is every pixel, where the share is 1 whatever the
-    # gradient; plain has no penalty.
-    penalty_norm: Optional[str] = None
     # Where the task is left-right symmetric (TrainSpec.mirror_actions), a random half of every batch is
     # mirrored: frame, teacher output and teacher map (edge_digr.mirror). Off only to measure what it adds.
     mirror: bool = True
 
-    def __post_init__(self) -> None:
-        if self.penalty_norm is None:
-            self.penalty_norm = "share" if self.mode == "digr" else "none"
+    @property
+    def penalty_norm(self) -> str:
+        """The penalty's form, fixed by the mode. digr: "share", each frame's ‖A ⊙ ∇g‖² divided by its ‖∇g‖²,
+        which penalises where the gradient lies, not its size. On all three task families it beat plain
+        distillation on agreement and deletion faithfulness, and DESIGN.md's raw ‖A ⊙ ∇g‖², which also rewards
+        shrinking the gradient everywhere, trailed it on every metric, so the raw form is no longer offered
+        (docs/RESULTS.md, "Which penalty is DIGR's"). igr: "none", the raw energy, by definition: its region is
+        every pixel, where the share is 1 whatever the gradient. plain has no penalty."""
+        return "share" if self.mode == "digr" else "none"
 
     @classmethod
     def for_task(cls, task: Task, mode: str, seed: int = 0, **overrides: Any) -> "DistillConfig":
@@ -83,11 +80,6 @@ class DistillConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.penalty_norm not in PENALTY_NORMS:
-            raise UserError(f"penalty_norm must be one of {', '.join(PENALTY_NORMS)}, not {self.penalty_norm!r}")
-        if self.mode == "igr" and self.penalty_norm == "share":
-            raise UserError("--penalty-norm share is digr's: igr penalises the raw gradient energy everywhere "
-                            "(its share would be 1 on every frame); leave --penalty-norm out for igr")
         if self.init not in INITS:
             raise UserError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
         if not self.lr > 0:

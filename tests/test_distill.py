@@ -46,8 +46,6 @@ def test_share_penalty_is_the_gradient_energy_share_in_the_region_and_ignores_sc
         steer.head.bias.mul_(3.0)
     assert gradient_penalty(steer, (obs,), region, norm="share").item() == pytest.approx(share_before, rel=1e-4)
     assert gradient_penalty(steer, (obs,), region).item() == pytest.approx(9 * size_before, rel=1e-4)
-    with pytest.raises(UserError, match="penalty_norm"):
-        DistillConfig(penalty_norm="ratio").validate()
     with pytest.raises(UserError, match="mask-rule"):
         DistillConfig(mask_rule="soft").validate()  # removed: it lost on minigrid-fetch and car-racing
 
@@ -178,16 +176,13 @@ def test_each_mode_gets_its_task_lambda_and_igr_keeps_the_raw_penalty(tmp_path, 
     the gradient (no penalty at all), so igr penalises the raw energy."""
     import edge_digr.distill as distill_module
 
-    task = get_task("car-racing")
+    task = get_task("minigrid-fetch")  # its digr and igr λ differ (car-racing's are both 0.03)
     digr, igr = DistillConfig.for_task(task, "digr"), DistillConfig.for_task(task, "igr")
     assert (digr.lam, digr.penalty_norm) == (task.train.digr_lambda, "share")
     assert igr.lam == task.train.igr_lambda != digr.lam
     assert DistillConfig.for_task(task, "digr", lam=2.0).lam == 2.0
     plain = DistillConfig.for_task(task, "plain")
     assert (plain.lam, plain.penalty_norm, igr.penalty_norm) == (0.0, "none", "none")  # what each really trains with
-    assert DistillConfig.for_task(task, "digr", penalty_norm="none").penalty_norm == "none"
-    with pytest.raises(UserError, match="igr penalises the raw"):
-        DistillConfig.for_task(task, "igr", penalty_norm="share").validate()
 
     torch.manual_seed(0)
     student = PixelPolicy(PolicyConfig.for_task(get_task("minigrid-fetch"), "edge"))

@@ -60,8 +60,9 @@ def files(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("inputs")
     torch.manual_seed(0)
-    for name, task in (("t.pt", "minigrid-fetch"), ("car.pt", "car-racing")):
-        save_checkpoint(root / name, PixelPolicy(PolicyConfig.for_task(get_task(task), arch="edge")), task,
+    # t.pt has the teacher architecture, as a real teacher does: distill starts its students from it.
+    for name, task, arch in (("t.pt", "minigrid-fetch", "teacher"), ("car.pt", "car-racing", "edge")):
+        save_checkpoint(root / name, PixelPolicy(PolicyConfig.for_task(get_task(task), arch=arch)), task,
                         role="teacher")
     task = get_task("minigrid-fetch")
     rng = np.random.default_rng(0)
