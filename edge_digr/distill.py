@@ -59,7 +59,7 @@ class DistillConfig:
         """The penalty's form, fixed by the mode. digr: "share", each frame's ‖A ⊙ ∇g‖² divided by its ‖∇g‖²,
         which penalises where the gradient lies, not its size. On all three task families it beat plain
         distillation on agreement and deletion faithfulness, and DESIGN.md's raw ‖A ⊙ ∇g‖², which also rewards
-        shrinking the gradient everywhere, trailed it on every metric, so the raw form is no longer offered
+        shrinking the gradient everywhere, trailed it on both, so the raw form is no longer offered
         (docs/RESULTS.md, "Which penalty is DIGR's"). igr: "none", the raw energy, by definition: its region is
         every pixel, where the share is 1 whatever the gradient. plain has no penalty."""
         return "share" if self.mode == "digr" else "none"

@@ -278,8 +278,8 @@ NATURE_EDGE = ArchSpec(convs=((16, 8, 4, 0), (32, 4, 2, 0)), hidden=(256,))
 # attempt").
 NATURE_PRUNED = ArchSpec(convs=NATURE.convs, hidden=(224,))
 # car-racing's students start from the teacher too: DIGR − plain Pearson went from −0.135 ± 0.027 (random
-# weights, NATURE_EDGE) to +0.155 ± 0.011 over seeds 0-2 (docs/RESULTS.md). 192 hidden units on 96x96 frames give 0.86 M weights, about NATURE_EDGE's 0.83 M, so models/ keeps
-# its size budget.
+# weights, NATURE_EDGE) to +0.155 ± 0.011 over seeds 0-2 (docs/RESULTS.md). 192 hidden units on 96x96
+# frames give 0.86 M weights, about NATURE_EDGE's 0.83 M, so models/ keeps its size budget.
 NATURE_PRUNED_CAR = ArchSpec(convs=NATURE.convs, hidden=(192,))
 
 TASKS: Dict[str, Task] = {
